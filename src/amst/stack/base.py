@@ -1,0 +1,148 @@
+"""Common ground of every stack reader: voxel size, the lazy ``Stack`` interface, errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+# Length units as they appear in ImageJ, OME-XML and OME-Zarr metadata, in nanometres.
+_UNIT_TO_NM = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "µm": 1e3, "\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "micrometer": 1e3, "micrometre": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "pm": 1e-3, "picometer": 1e-3,
+    "a": 0.1, "angstrom": 0.1, "\u00c5": 0.1,
+}
+
+
+class StackError(ValueError):
+    """Input data that cannot be read as a stack; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """Physical size of one voxel, always stored in nanometres.
+
+    Parameters
+    ----------
+    z, y, x : float
+        Slice thickness and pixel size in nanometres.
+    """
+
+    z: float
+    y: float
+    x: float
+    unit: str = "nanometer"
+
+    @classmethod
+    def from_values(cls, z: float, y: float, x: float, unit: str = "nanometer") -> "VoxelSize":
+        """Build a voxel size from values in ``unit``, converting to nanometres."""
+        factor = unit_to_nm(unit)
+        values = [float(v) * factor for v in (z, y, x)]
+        if not all(np.isfinite(v) and v > 0 for v in values):
+            raise StackError(f"voxel size must be three positive numbers, got z={z}, y={y}, x={x} {unit}")
+        return cls(*values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VoxelSize":
+        return cls.from_values(d["z"], d["y"], d["x"], d.get("unit", "nanometer"))
+
+    def __str__(self) -> str:
+        return f"z={self.z:g} y={self.y:g} x={self.x:g} nm"
+
+
+def unit_to_nm(unit: str) -> float:
+    """Factor that converts a length in ``unit`` to nanometres."""
+    key = unit.strip().replace("\\u00B5", "\u00b5").lower() if unit else "nm"
+    if key not in _UNIT_TO_NM:
+        raise StackError(f"unknown length unit {unit!r}; use one of nm, um, mm")
+    return _UNIT_TO_NM[key]
+
+
+def natural_sort_key(name: str) -> list[Any]:
+    """Sort key that orders embedded numbers numerically (``s_2`` before ``s_10``)."""
+    return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in re.split(r"(\d+)", name) if tok]
+
+
+class Stack:
+    """A lazily read (z, y, x) image stack: reading slice z reads only slice z.
+
+    Subclasses hold paths and metadata only (no open handles when pickled), so a
+    stack object can be sent to Dask workers that read their own slices.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        Where the data lives.
+    shape : tuple of int
+        ``(z, y, x)``; for stacks with differing slice shapes, the common canvas.
+    dtype : numpy.dtype
+    voxel_size : VoxelSize or None
+        ``None`` when the metadata did not say and the user did not either.
+    names : list of str or None
+        Per-slice file names when the input had them (TIFF folders).
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    voxel_size: VoxelSize | None
+    names: list[str] | None = None
+    kind: str = "stack"
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, z: int) -> np.ndarray:
+        """Return slice ``z`` as a 2-D array of shape ``shape[1:]``."""
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"slice {z} is outside the stack {self.path} (0..{self.shape[0] - 1})")
+        return self._read(z)
+
+    def _read(self, z: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def slice_name(self, z: int) -> str:
+        """Human-readable name of slice ``z`` for messages."""
+        return self.names[z] if self.names else f"slice {z}"
+
+    def describe(self) -> dict[str, Any]:
+        """Summary used by ``amst info``."""
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "shape_zyx": list(self.shape),
+            "dtype": str(self.dtype),
+            "slices": self.shape[0],
+            "voxel_size": self.voxel_size.to_dict() if self.voxel_size else None,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_handle", None)
+        return state
+
+
+def check_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    """Refuse dtypes the pipeline does not handle, naming the file."""
+    dtype = np.dtype(dtype)
+    if dtype in SUPPORTED_DTYPES:
+        return dtype
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        # int8/int16 appear in Janelia .dat and some exports; they are read as is and the
+        # caller converts, but we say so rather than silently reinterpret.
+        raise StackError(
+            f"{where}: signed integer data ({dtype}) is not supported; convert it to uint16 "
+            "(e.g. add 32768) or float32 first"
+        )
+    raise StackError(f"{where}: dtype {dtype} is not supported; use uint8, uint16 or float32")

@@ -1,0 +1,260 @@
+"""TIFF stacks: a folder of single-slice TIFFs, a multi-page TIFF, and the TIFF-folder writer."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .base import Stack, StackError, VoxelSize, check_dtype, natural_sort_key, unit_to_nm
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATTERN = "*.tif*"
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def list_tiff_folder(folder: Path, pattern: str | None = None) -> list[Path]:
+    """Image files of ``folder`` matching ``pattern``, in natural order.
+
+    Hidden files and files that are not TIFFs are ignored, so stray ``.txt``/``.db``
+    files from acquisition software do not break a run.
+    """
+    pattern = pattern or DEFAULT_PATTERN
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".")
+        and fnmatch.fnmatch(p.name.lower(), pattern.lower())
+        and p.suffix.lower() in _TIFF_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: natural_sort_key(p.name))
+
+
+def _resolution_nm(tif: tifffile.TiffFile) -> tuple[float | None, float | None, float | None]:
+    """(z, y, x) pixel size in nm from ImageJ or OME metadata of an open TIFF, None if absent."""
+    if tif.ome_metadata:
+        vs = _ome_xml_voxel_size(tif.ome_metadata)
+        if vs is not None:
+            return vs
+    page = tif.pages[0]
+    ij = tif.imagej_metadata or {}
+    unit = ij.get("unit")
+    xres = page.tags.get("XResolution")
+    yres = page.tags.get("YResolution")
+    if unit is None:
+        res_unit = page.tags.get("ResolutionUnit")
+        # Only centimetres carry physical meaning; inch is the DPI default of most writers.
+        if res_unit is None or int(res_unit.value) != 3:
+            return None, None, None
+        unit = "cm"
+    try:
+        factor = 1e7 if unit == "cm" else unit_to_nm(unit)
+    except StackError:
+        log.warning("%s: unknown ImageJ unit %r, voxel size ignored", tif.filehandle.path, unit)
+        return None, None, None
+
+    def per_pixel(tag: Any) -> float | None:
+        if tag is None:
+            return None
+        num, den = tag.value
+        return factor * den / num if num else None
+
+    spacing = ij.get("spacing")
+    return (factor * float(spacing) if spacing else None, per_pixel(yres), per_pixel(xres))
+
+
+def _ome_xml_voxel_size(xml: str) -> tuple[float | None, float | None, float | None] | None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels"):
+            out = []
+            for ax in "ZYX":
+                val = el.get(f"PhysicalSize{ax}")
+                unit = el.get(f"PhysicalSize{ax}Unit", "µm")
+                out.append(float(val) * unit_to_nm(unit) if val else None)
+            return out[0], out[1], out[2]
+    return None
+
+
+def _combine_voxel(found: tuple[float | None, float | None, float | None]) -> VoxelSize | None:
+    z, y, x = found
+    if x is None and y is None:
+        return None
+    x = x or y
+    y = y or x
+    return VoxelSize(z if z else x, y, x)  # type: ignore[arg-type]
+
+
+class TiffFolderStack(Stack):
+    """One TIFF file per slice, in natural order of the file names.
+
+    Parameters
+    ----------
+    folder : path
+    pattern : str, optional
+        Glob on the file names (case-insensitive), default ``*.tif*``.
+    allow_pad : bool
+        When slices differ in shape, pad each to the common canvas (top-left aligned,
+        offsets recorded in ``offsets``) instead of refusing.
+    """
+
+    kind = "tiff-folder"
+
+    def __init__(self, folder: str | Path, pattern: str | None = None, allow_pad: bool = False):
+        self.path = Path(folder)
+        self.pattern = pattern or DEFAULT_PATTERN
+        self.files = list_tiff_folder(self.path, pattern)
+        if not self.files:
+            others = [p.name for p in self.path.iterdir() if p.is_file()][:5]
+            hint = f" (it holds e.g. {', '.join(others)})" if others else " (it is empty)"
+            raise StackError(
+                f"{self.path}: no TIFF file matches pattern {self.pattern!r}{hint}; "
+                "check the folder or pass --pattern"
+            )
+        self.names = [p.name for p in self.files]
+        shapes, dtypes = [], []
+        for p in self.files:
+            try:
+                with tifffile.TiffFile(p) as tif:
+                    page = tif.pages[0]
+                    shapes.append(tuple(page.shape))
+                    dtypes.append(np.dtype(page.dtype))
+                    if p is self.files[0]:
+                        first_res = _resolution_nm(tif)
+            except Exception as exc:  # tifffile raises many types for corrupt files
+                raise StackError(f"{p}: cannot read as TIFF ({exc}); remove or replace this slice") from exc
+        bad_nd = [f"{n} {s}" for n, s in zip(self.names, shapes) if len(s) != 2]
+        if bad_nd:
+            raise StackError(
+                f"{self.path}: slices must be 2-D grey images; these are not: {', '.join(bad_nd[:5])}"
+            )
+        if len(set(dtypes)) > 1:
+            groups = {str(d): [n for n, dd in zip(self.names, dtypes) if dd == d][:3] for d in set(dtypes)}
+            raise StackError(f"{self.path}: slices have different dtypes {groups}; convert them to one dtype")
+        self.dtype = check_dtype(dtypes[0], str(self.files[0]))
+        self.slice_shapes = shapes
+        canvas = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+        self.mismatched = [(n, s) for n, s in zip(self.names, shapes) if s != canvas]
+        if self.mismatched and not allow_pad:
+            listing = ", ".join(f"{n} is {s[0]}x{s[1]}" for n, s in self.mismatched[:8])
+            raise StackError(
+                f"{self.path}: slices differ in shape (canvas {canvas[0]}x{canvas[1]}): {listing}"
+                f"{' ...' if len(self.mismatched) > 8 else ''}; pass --allow-pad to pad them to a common canvas"
+            )
+        self.allow_pad = allow_pad
+        self.shape = (len(self.files), canvas[0], canvas[1])
+        self.voxel_size = _combine_voxel(first_res)
+
+    def _read(self, z: int) -> np.ndarray:
+        path = self.files[z]
+        try:
+            img = tifffile.imread(path, key=0)
+        except Exception as exc:
+            raise StackError(f"{path}: cannot read slice {z} ({exc}); replace the file or use --skip-bad") from exc
+        if img.shape != self.shape[1:]:
+            canvas = np.zeros(self.shape[1:], dtype=self.dtype)
+            canvas[: img.shape[0], : img.shape[1]] = img
+            img = canvas
+        return img
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["pattern"] = self.pattern
+        d["first"], d["last"] = self.names[0], self.names[-1]
+        d["shape_mismatches"] = [{"name": n, "shape_yx": list(s)} for n, s in self.mismatched]
+        return d
+
+
+class MultiPageTiffStack(Stack):
+    """A multi-page (or ImageJ hyperstack) TIFF file whose pages are the slices."""
+
+    kind = "tiff"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                series = tif.series[0]
+                shape = tuple(series.shape)
+                dtype = np.dtype(series.dtype)
+                res = _resolution_nm(tif)
+        except Exception as exc:
+            raise StackError(f"{self.path}: cannot read as TIFF ({exc})") from exc
+        shape = tuple(s for s in shape if s != 1) if len(shape) > 3 else shape
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3:
+            raise StackError(f"{self.path}: expected a (z, y, x) grey stack, found shape {shape}")
+        self.shape = shape  # type: ignore[assignment]
+        self.dtype = check_dtype(dtype, str(self.path))
+        self.voxel_size = _combine_voxel(res)
+
+    def _array(self) -> Any:
+        if getattr(self, "_handle", None) is None:
+            import zarr
+
+            store = tifffile.imread(self.path, aszarr=True)
+            self._handle = zarr.open(store, mode="r")
+        return self._handle
+
+    def _read(self, z: int) -> np.ndarray:
+        arr = self._array()
+        data = np.asarray(arr[z] if arr.ndim == 3 else arr[:]).reshape(self.shape[1:])
+        return data
+
+
+class TiffFolderWriter:
+    """Writes one ImageJ TIFF per slice; each file appears only once complete.
+
+    Parameters
+    ----------
+    folder : path
+        Created if needed.
+    shape, dtype : output stack geometry.
+    voxel_size : VoxelSize or None
+        Written as ImageJ resolution (nm) and spacing.
+    names : list of str, optional
+        Output file names; defaults to ``slice_00000.tif``.
+    """
+
+    kind = "tiff"
+
+    def __init__(self, folder: str | Path, shape: tuple[int, int, int], dtype: Any,
+                 voxel_size: VoxelSize | None = None, names: list[str] | None = None):
+        self.path = Path(folder)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.voxel_size = voxel_size
+        width = max(5, len(str(self.shape[0])))
+        if names is not None:
+            if len(names) != self.shape[0]:
+                raise ValueError(f"{len(names)} names for {self.shape[0]} slices")
+            names = [n if n.lower().endswith(_TIFF_SUFFIXES) else f"{Path(n).stem}.tif" for n in names]
+        self.names = names or [f"slice_{z:0{width}d}.tif" for z in range(self.shape[0])]
+
+    def write(self, z: int, image: np.ndarray) -> None:
+        """Write slice ``z`` atomically (temporary file, then rename)."""
+        image = np.asarray(image)
+        if image.shape != self.shape[1:] or image.dtype != self.dtype:
+            raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
+        target = self.path / self.names[z]
+        tmp = target.with_name(f".{target.name}.partial")
+        kwargs: dict[str, Any] = {"imagej": True, "metadata": {"unit": "nm", "axes": "YX"}}
+        if self.voxel_size:
+            kwargs["resolution"] = (1.0 / self.voxel_size.x, 1.0 / self.voxel_size.y)
+            kwargs["metadata"]["spacing"] = self.voxel_size.z
+        tifffile.imwrite(tmp, image, **kwargs)
+        os.replace(tmp, target)
+
+    def close(self) -> None:
+        """Nothing to flush: each slice is complete once written."""

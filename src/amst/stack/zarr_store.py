@@ -1,0 +1,209 @@
+"""OME-Zarr (NGFF 0.4 / 0.5) and plain Zarr array stacks, and the OME-Zarr writer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import zarr
+
+from .base import Stack, StackError, VoxelSize, check_dtype, unit_to_nm
+
+_SPATIAL = ("z", "y", "x")
+log = logging.getLogger(__name__)
+
+
+def is_zarr(path: Path) -> bool:
+    """True when ``path`` is a Zarr v2 or v3 group or array."""
+    return path.is_dir() and any((path / m).exists() for m in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
+    attrs = dict(group.attrs)
+    if "ome" in attrs:  # NGFF 0.5 nests the metadata under "ome"
+        attrs = attrs["ome"]
+    return attrs.get("multiscales")
+
+
+class ZarrArrayStack(Stack):
+    """A plain 3-D Zarr array (no OME metadata); voxel size must come from the user."""
+
+    kind = "zarr"
+
+    def __init__(self, path: str | Path, component: str | None = None):
+        self.path = Path(path)
+        self.component = component
+        arr = self._array()
+        if arr.ndim != 3:
+            raise StackError(f"{self.path}: expected a 3-D (z, y, x) array, found shape {arr.shape}")
+        self.shape = tuple(int(s) for s in arr.shape)  # type: ignore[assignment]
+        self.dtype = check_dtype(arr.dtype, str(self.path))
+        self.voxel_size = None
+
+    def _array(self) -> zarr.Array:
+        if getattr(self, "_handle", None) is None:
+            node = zarr.open(str(self.path), mode="r")
+            if self.component:
+                node = node[self.component]
+            if isinstance(node, zarr.Group):
+                arrays = list(node.array_keys())
+                if len(arrays) != 1:
+                    raise StackError(
+                        f"{self.path}: a Zarr group with arrays {arrays}; name one as PATH/ARRAY"
+                    )
+                node = node[arrays[0]]
+            self._handle = node
+        return self._handle
+
+    def _read(self, z: int) -> np.ndarray:
+        return np.asarray(self._array()[z])
+
+
+class OmeZarrStack(Stack):
+    """The full-resolution level of an OME-Zarr image (what ``ome-zarr`` writes).
+
+    Leading non-spatial axes (t, c) must have length 1, or ``channel`` picks one channel.
+    """
+
+    kind = "ome-zarr"
+
+    def __init__(self, path: str | Path, channel: int | None = None):
+        self.path = Path(path)
+        group = zarr.open_group(str(self.path), mode="r")
+        ms = _multiscales(group)
+        if not ms:
+            raise StackError(f"{self.path}: a Zarr group without OME 'multiscales' metadata")
+        meta = ms[0]
+        axes = [a["name"] if isinstance(a, dict) else a for a in meta.get("axes", ["z", "y", "x"])]
+        units = {a["name"]: a.get("unit") for a in meta.get("axes", []) if isinstance(a, dict)}
+        dataset = meta["datasets"][0]
+        self.component = dataset["path"]
+        arr = group[self.component]
+        if tuple(axes[-3:]) != _SPATIAL:
+            raise StackError(f"{self.path}: axes {axes} do not end in z, y, x; 2-D or re-ordered images are not stacks")
+        self.leading: list[int] = []
+        for name, size in zip(axes[:-3], arr.shape[:-3]):
+            if size == 1:
+                self.leading.append(0)
+            elif name == "c" and channel is not None:
+                if not 0 <= channel < size:
+                    raise StackError(f"{self.path}: channel {channel} does not exist (0..{size - 1})")
+                self.leading.append(channel)
+            else:
+                raise StackError(f"{self.path}: axis {name!r} has {size} entries; choose one with --channel")
+        self.shape = tuple(int(s) for s in arr.shape[-3:])  # type: ignore[assignment]
+        self.dtype = check_dtype(arr.dtype, str(self.path))
+        scale = None
+        for t in dataset.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = t["scale"][-3:]
+        self.voxel_size = None
+        if scale is not None:
+            factors = [unit_to_nm(units[a]) if units.get(a) else None for a in _SPATIAL]
+            if all(f is not None for f in factors):
+                self.voxel_size = VoxelSize(*(s * f for s, f in zip(scale, factors)))  # type: ignore[operator]
+            else:
+                log.warning("%s: scale %s has no units; voxel size unknown, pass --voxel-size", self.path, scale)
+
+    def _array(self) -> zarr.Array:
+        if getattr(self, "_handle", None) is None:
+            self._handle = zarr.open_group(str(self.path), mode="r")[self.component]
+        return self._handle
+
+    def _read(self, z: int) -> np.ndarray:
+        return np.asarray(self._array()[(*self.leading, z)])
+
+
+def downsample_2x(image: np.ndarray) -> np.ndarray:
+    """Halve y and x by 2x2 area averaging (z untouched: chunks stay one slice)."""
+    h, w = image.shape
+    out = cv2.resize(image, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    return out.astype(image.dtype, copy=False)
+
+
+class OmeZarrWriter:
+    """Writes an OME-Zarr image (NGFF 0.4, Zarr v2 layout) slice by slice.
+
+    Chunks are one slice in z, so slices are written independently and in parallel.
+    Metadata (axes, voxel size in ``coordinateTransformations``) is written by the
+    ``ome-zarr`` library at creation time; pyramid levels halve y and x.
+
+    Parameters
+    ----------
+    path : path
+        The ``.zarr`` folder to create (or reopen with ``mode='a'``).
+    shape, dtype : output geometry.
+    voxel_size : VoxelSize or None
+    pyramid_levels : int
+        Number of levels including full resolution (1 = no pyramid).
+    chunk_yx : int
+        Chunk edge in y and x.
+    """
+
+    kind = "zarr"
+
+    def __init__(self, path: str | Path, shape: tuple[int, int, int], dtype: Any,
+                 voxel_size: VoxelSize | None = None, pyramid_levels: int = 1,
+                 chunk_yx: int = 1024, mode: str = "w"):
+        from ome_zarr.format import FormatV04
+        from ome_zarr.writer import write_multiscales_metadata
+
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        vs = voxel_size or VoxelSize(1.0, 1.0, 1.0)
+        self.voxel_size = voxel_size
+        levels = max(1, int(pyramid_levels))
+        if mode == "a" and is_zarr(self.path):
+            group = zarr.open_group(str(self.path), mode="r+")
+            self.arrays = [group[str(i)] for i in range(levels)]
+            return
+        group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
+        self.arrays = []
+        datasets = []
+        h, w = self.shape[1:]
+        for level in range(levels):
+            arr = group.create_array(
+                str(level), shape=(self.shape[0], h, w), dtype=self.dtype,
+                chunks=(1, min(h, chunk_yx), min(w, chunk_yx)), fill_value=0,
+                chunk_key_encoding={"name": "v2", "separator": "/"},
+            )
+            self.arrays.append(arr)
+            f = 2 ** level
+            datasets.append({
+                "path": str(level),
+                "coordinateTransformations": [{"type": "scale", "scale": [vs.z, vs.y * f, vs.x * f]}],
+            })
+            h, w = max(1, h // 2), max(1, w // 2)
+        axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in _SPATIAL]
+        if voxel_size is None:
+            axes = [{"name": a, "type": "space"} for a in _SPATIAL]
+        write_multiscales_metadata(group, datasets, fmt=FormatV04(), axes=axes, name=self.path.stem)
+
+    def write(self, z: int, image: np.ndarray) -> None:
+        """Write slice ``z`` at every pyramid level."""
+        image = np.asarray(image)
+        if image.shape != self.shape[1:] or image.dtype != self.dtype:
+            raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
+        level_img = image
+        for i, arr in enumerate(self.arrays):
+            if i:
+                level_img = downsample_2x(level_img)[: arr.shape[1], : arr.shape[2]]
+            arr[z] = level_img
+
+    def close(self) -> None:
+        """Nothing buffered: each chunk is written when its slice is."""
+
+
+def read_zattrs(path: Path) -> dict[str, Any]:
+    """Raw group attributes (for tests and ``amst info``)."""
+    for name in (".zattrs", "zarr.json"):
+        f = path / name
+        if f.exists():
+            d = json.loads(f.read_text())
+            return d.get("attributes", d)
+    return {}

@@ -1,0 +1,242 @@
+"""Synthetic FIB-SEM stacks with exact ground truth (``amst synth``).
+
+A raw slice ``z`` is the phantom sampled through the slice's ground-truth map
+``G_z`` (raw pixel -> volume pixel, the affine convention of DESIGN.md), plus curtaining,
+flicker and noise. Because the phantom is a continuous function, ``G_z`` is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..stack import StackError, VoxelSize, create_writer
+from ..transform import to_list
+from .acquisition import AcquisitionParams, Curtains, SliceAcquisition, add_noise, simulate_acquisition
+from .phantom import Phantom, PhantomParams
+
+__all__ = ["PRESETS", "SynthConfig", "synthesize", "load_ground_truth", "Phantom", "AcquisitionParams"]
+
+_NO_ARTEFACTS = dict(dose=0.0, read_noise=0.0, flicker_gain=0.0, flicker_offset=0.0, curtains_per_1000px=0.0)
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "fibsem-marks": {"phantom": {"marks": True}, "acquisition": {}},
+    "fibsem-nomarks": {"phantom": {"marks": False}, "acquisition": {}},
+    # Distortions only (no noise, flicker, curtains): for exactness checks.
+    "ideal": {"phantom": {"marks": True}, "acquisition": _NO_ARTEFACTS},
+}
+
+_DTYPE_RANGE = {"uint8": (15.0, 220.0), "uint16": (4000.0, 56000.0), "float32": (0.0, 1.0)}
+
+
+@dataclass
+class SynthConfig:
+    """Everything that defines a synthetic stack; the same config gives the same bytes."""
+
+    shape: tuple[int, int, int] = (100, 1024, 1024)
+    preset: str = "fibsem-marks"
+    seed: int = 0
+    dtype: str = "uint8"
+    voxel_size: VoxelSize = VoxelSize(8.0, 5.0, 5.0)
+    marks: bool | None = None
+    texture: str | None = None
+
+    def phantom_params(self) -> PhantomParams:
+        params = PhantomParams(**PRESETS[self.preset]["phantom"])
+        if self.marks is not None:
+            params.marks = self.marks
+        if self.texture:
+            params.texture_image = _load_texture(self.texture)
+        return params
+
+    def acquisition_params(self) -> AcquisitionParams:
+        return AcquisitionParams(**PRESETS[self.preset]["acquisition"])
+
+    @property
+    def z_step(self) -> float:
+        """Volume depth between slices in isotropic (xy) pixels."""
+        return self.voxel_size.z / self.voxel_size.x
+
+
+def _load_texture(path: str) -> np.ndarray:
+    from ..stack import open_stack
+
+    if path.lower().endswith((".png", ".bmp", ".jpg")):
+        import cv2
+
+        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise StackError(f"{path}: cannot read texture image")
+    else:
+        img = open_stack(path).read(0)
+    return img.astype(np.float32)
+
+
+class _Renderer:
+    """Per-process renderer (the phantom is built once per worker)."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        z, h, w = cfg.shape
+        self.extent = (z * cfg.z_step, float(h), float(w))
+        self.phantom = Phantom(self.extent, cfg.seed, cfg.phantom_params())
+        self.params = cfg.acquisition_params()
+        self.curtains = Curtains(self.extent, self.params, cfg.seed, self.phantom.cap_y)
+
+    def clean(self, z: int, raw_to_volume: np.ndarray) -> np.ndarray:
+        return self.phantom.render(raw_to_volume, z * self.cfg.z_step, self.cfg.shape[1:])
+
+    def raw(self, z: int, acq: SliceAcquisition) -> np.ndarray:
+        img = self.clean(z, acq.raw_to_volume)
+        if self.params.curtains_per_1000px > 0:
+            h, w = self.cfg.shape[1:]
+            gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+            m = acq.raw_to_volume
+            img *= self.curtains.factor(m[0, 0] * gx + m[0, 1] * gy + m[0, 2],
+                                        m[1, 0] * gx + m[1, 1] * gy + m[1, 2], z * self.cfg.z_step)
+        img = add_noise(img, self.params, np.random.default_rng([self.cfg.seed, 3, z]))
+        return acq.gain * img + acq.offset
+
+
+def to_dtype(img: np.ndarray, dtype: str) -> np.ndarray:
+    """Map phantom intensities (about 0..1) to the output dtype's range."""
+    lo, span = _DTYPE_RANGE[dtype]
+    out = img * span + lo
+    if dtype == "float32":
+        return out.astype(np.float32)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+
+
+_WORKER: _Renderer | None = None
+
+
+def _init_worker(cfg: SynthConfig) -> None:
+    global _WORKER
+    _WORKER = _Renderer(cfg)
+
+
+def _work(job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
+    z, acq, want_clean = job
+    assert _WORKER is not None
+    raw = to_dtype(_WORKER.raw(z, acq), _WORKER.cfg.dtype)
+    clean = None
+    if want_clean:
+        clean = to_dtype(_WORKER.clean(z, np.array([[1.0, 0, 0], [0, 1.0, 0]])), _WORKER.cfg.dtype)
+    return z, raw, clean
+
+
+def _bounded_map(fn: Callable, jobs: list, workers: int, init: Callable, initargs: tuple) -> Iterator:
+    """Map in a process pool with at most ``2 * workers`` results in flight (bounded memory)."""
+    if workers <= 1:
+        init(*initargs)
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(workers, initializer=init, initargs=initargs) as pool:
+        pending = []
+        for job in jobs:
+            pending.append(pool.submit(fn, job))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", write_clean: bool = False,
+               workers: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write a synthetic raw stack, ``ground_truth.json`` and optionally the clean volume.
+
+    Parameters
+    ----------
+    out : path
+        Output folder; holds ``raw/`` (or ``raw.zarr``), ``ground_truth.json`` and
+        ``clean/`` (or ``clean.zarr``).
+    cfg : SynthConfig
+    out_format : {"tiff", "zarr"}
+    write_clean : bool
+        Also write the undistorted, noise-free volume (the ground-truth frame).
+    workers : int, optional
+        Processes to use; default all cores.
+
+    Returns
+    -------
+    dict
+        The ground-truth document that was written.
+    """
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    if cfg.dtype not in _DTYPE_RANGE:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(_DTYPE_RANGE)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n, h, w = cfg.shape
+    acq = simulate_acquisition(n, (h, w), cfg.acquisition_params(), cfg.seed)
+    suffix = ".zarr" if out_format == "zarr" else ""
+    names = [f"slice_{z:05d}.tif" for z in range(n)]
+    raw_writer = create_writer(out / f"raw{suffix}", out_format, cfg.shape, cfg.dtype, cfg.voxel_size, names=names)
+    clean_writer = None
+    if write_clean:
+        clean_writer = create_writer(out / f"clean{suffix}", out_format, cfg.shape, cfg.dtype, cfg.voxel_size,
+                                     names=names)
+    jobs = [(z, acq[z], write_clean) for z in range(n)]
+    for z, raw, clean in _bounded_map(_work, jobs, workers or os.cpu_count() or 1, _init_worker, (cfg,)):
+        raw_writer.write(z, raw)
+        if clean_writer is not None:
+            clean_writer.write(z, clean)
+        if progress:
+            progress(1)
+    phantom = _WORKER.phantom if _WORKER is not None else Phantom((n * cfg.z_step, h, w), cfg.seed, cfg.phantom_params())
+    doc = ground_truth_document(cfg, acq, names, phantom)
+    tmp = out / ".ground_truth.json.partial"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out / "ground_truth.json")
+    return doc
+
+
+def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: list[str],
+                          phantom: Phantom) -> dict[str, Any]:
+    """The ``ground_truth.json`` contents (maps raw pixel -> volume pixel per slice)."""
+    marks_roi = None
+    if phantom.marks:
+        xs = [v for m in phantom.marks for v in (m[0], m[2])]
+        ys = [v for m in phantom.marks for v in (m[1], m[3])]
+        marks_roi = [float(min(xs)) - 8, float(min(ys)) - 8, float(max(xs) - min(xs)) + 16,
+                     float(max(ys) - min(ys)) + 16]
+    return {
+        "format": "amst-ground-truth",
+        "version": 1,
+        "convention": "raw_xy_to_volume_xy",
+        "shape_zyx": list(cfg.shape),
+        "dtype": cfg.dtype,
+        "voxel_size": cfg.voxel_size.to_dict(),
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "z_step_px": cfg.z_step,
+        "acquisition": cfg.acquisition_params().to_dict(),
+        "marks_roi_xywh": marks_roi,
+        "slices": [
+            {"index": z, "name": names[z], "map": to_list(a.raw_to_volume), "events": a.events,
+             "gain": a.gain, "offset": a.offset}
+            for z, a in enumerate(acq)
+        ],
+    }
+
+
+def load_ground_truth(path: str | Path) -> dict[str, Any]:
+    """Read ``ground_truth.json`` and return it with ``maps`` as an (n, 2, 3) array."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != "amst-ground-truth":
+        raise ValueError(f"{path}: not an amst ground-truth file (format={doc.get('format')!r})")
+    doc["maps"] = np.array([s["map"] for s in doc["slices"]], dtype=np.float64)
+    return doc
+
+
+def with_overrides(cfg: SynthConfig, **kw: Any) -> SynthConfig:
+    """Copy of ``cfg`` with fields replaced (None values ignored)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

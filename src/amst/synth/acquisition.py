@@ -1,0 +1,142 @@
+"""The per-slice acquisition model of a FIB-SEM run, with its exact ground truth.
+
+For every slice it draws where the beam looked (drift as a random walk plus a linear
+trend, jitter, rare large jumps), auto-focus events that change the pixel size of one to
+three slices (anisotropic scale and shear about the top centre, so the error grows with
+distance from the top, as in the paper's Fig. 2), brightness/contrast flicker, and
+curtaining streaks that persist over many slices. Noise is Poisson shot noise plus
+Gaussian read noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class AcquisitionParams:
+    """What can go wrong while imaging; all lengths in pixels, rates per slice."""
+
+    drift_walk: float = 0.12
+    drift_linear: float = 0.06
+    jitter: float = 0.7
+    jump_probability: float = 0.004
+    jump_size: tuple[float, float] = (8.0, 25.0)
+    autofocus_interval: float = 40.0
+    autofocus_slices: tuple[int, int] = (1, 3)
+    autofocus_scale: tuple[float, float] = (0.002, 0.01)
+    autofocus_shear: float = 0.003
+    flicker_gain: float = 0.04
+    flicker_offset: float = 0.02
+    dose: float = 60.0
+    read_noise: float = 0.01
+    curtains_per_1000px: float = 12.0
+    curtain_amplitude: tuple[float, float] = (0.03, 0.12)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SliceAcquisition:
+    """What happened at one slice: the raw-to-volume map and intensity changes."""
+
+    raw_to_volume: np.ndarray
+    gain: float
+    offset: float
+    events: list[str]
+
+
+def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: AcquisitionParams,
+                         seed: int) -> list[SliceAcquisition]:
+    """Draw the acquisition of ``n_slices`` slices.
+
+    Returns
+    -------
+    list of SliceAcquisition
+        ``raw_to_volume`` maps a raw pixel ``(x, y)`` to the volume pixel it shows
+        (convention of DESIGN.md).
+    """
+    rng = np.random.default_rng([seed, 1])
+    h, w = shape_yx
+    p = params
+    angle = rng.uniform(0, 2 * np.pi)
+    velocity = p.drift_linear * np.array([np.cos(angle), np.sin(angle)])
+    walk = np.cumsum(rng.normal(0, p.drift_walk, (n_slices, 2)), axis=0)
+    jumps = np.zeros((n_slices, 2))
+    jump_at = rng.random(n_slices) < p.jump_probability
+    jump_at[0] = False
+    for z in np.flatnonzero(jump_at):
+        direction = rng.uniform(0, 2 * np.pi)
+        jumps[z:] += rng.uniform(*p.jump_size) * np.array([np.cos(direction), np.sin(direction)])
+    drift = walk + np.arange(n_slices)[:, None] * velocity + jumps
+    drift -= drift[0]
+    jitter = rng.normal(0, p.jitter, (n_slices, 2))
+    shift = drift + jitter
+
+    linear = np.repeat(np.eye(2)[None], n_slices, axis=0)
+    af_at = np.zeros(n_slices, dtype=bool)
+    if p.autofocus_interval > 0:
+        z = int(rng.uniform(0.5, 1.0) * p.autofocus_interval)
+        while z < n_slices:
+            length = int(rng.integers(p.autofocus_slices[0], p.autofocus_slices[1] + 1))
+            sx, sy = rng.uniform(*p.autofocus_scale, 2) * rng.choice([-1, 1], 2)
+            shear = rng.uniform(-p.autofocus_shear, p.autofocus_shear)
+            for k in range(z, min(z + length, n_slices)):
+                decay = 1.0 - 0.3 * (k - z)
+                linear[k] = np.array([[1 + sx * decay, shear * decay], [0.0, 1 + sy * decay]])
+                af_at[k] = True
+            z += max(length + 1, int(p.autofocus_interval * rng.uniform(0.7, 1.3)))
+
+    centre = np.array([w / 2.0, 0.0])  # the beam is focused on the top (the marks)
+    gains = 1.0 + rng.normal(0, p.flicker_gain, n_slices)
+    offsets = rng.normal(0, p.flicker_offset, n_slices)
+    out = []
+    for z in range(n_slices):
+        m = np.zeros((2, 3))
+        m[:, :2] = linear[z]
+        m[:, 2] = centre - linear[z] @ centre + shift[z]
+        events = (["autofocus"] if af_at[z] else []) + (["jump"] if jump_at[z] else [])
+        out.append(SliceAcquisition(m, float(gains[z]), float(offsets[z]), events))
+    return out
+
+
+class Curtains:
+    """Vertical streaks from milling, fixed to the sample (volume frame), persisting over slices."""
+
+    def __init__(self, extent_zyx: tuple[float, float, float], params: AcquisitionParams, seed: int,
+                 top_y: float):
+        rng = np.random.default_rng([seed, 2])
+        depth, height, width = extent_zyx
+        n = rng.poisson(params.curtains_per_1000px * width / 1000.0)
+        self.x = rng.uniform(0, width, n)
+        self.width = rng.uniform(1.0, 4.0, n)
+        self.amp = rng.uniform(*params.curtain_amplitude, n) * rng.choice([-1, 1], n, p=[0.3, 0.7])
+        self.z0 = rng.uniform(-0.3 * depth, depth, n)
+        self.z_len = rng.uniform(0.2, 0.8, n) * max(depth, 50.0)
+        self.y_len = rng.uniform(0.3, 1.0, n) * height
+        self.top_y = top_y
+
+    def factor(self, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
+        """Multiplicative intensity factor at volume positions (x, y) of depth z."""
+        out = np.ones_like(x, dtype=np.float32)
+        life = np.clip(np.minimum(z - self.z0, self.z0 + self.z_len - z) / 20.0, 0, 1)
+        below = np.clip((y - self.top_y) / 3.0, 0, 1)
+        for i in np.flatnonzero(life > 0):
+            profile = np.exp(-0.5 * ((x - self.x[i]) / self.width[i]) ** 2)
+            fade = np.exp(-np.maximum(y - self.top_y, 0) / self.y_len[i])
+            out -= (self.amp[i] * life[i]) * profile * fade * below
+        return out
+
+
+def add_noise(clean: np.ndarray, params: AcquisitionParams, rng: np.random.Generator) -> np.ndarray:
+    """Poisson shot noise at ``params.dose`` electrons per unit intensity, plus read noise."""
+    if params.dose <= 0:
+        return clean.astype(np.float32)
+    electrons = rng.poisson(np.clip(clean, 0, None) * params.dose).astype(np.float32)
+    noisy = electrons / np.float32(params.dose)
+    if params.read_noise > 0:
+        noisy += rng.normal(0, params.read_noise, clean.shape).astype(np.float32)
+    return noisy
