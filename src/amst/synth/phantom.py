@@ -25,13 +25,13 @@ from ..transform import apply_to_points, invert
 class PhantomParams:
     """Geometry of the phantom, in volume pixels (isotropic)."""
 
-    cell_size: float = 170.0
+    cell_size: float = 120.0
     resin_fraction: float = 0.08
     nucleus_fraction: float = 0.3
     mitos_per_cell: float = 2.5
     vesicle_clusters_per_cell: float = 1.5
     membrane_sigma: float = 1.3
-    cap_height: float = 0.12  # fraction of the image height taken by the platinum cap
+    cap_height: float = 0.15  # fraction of the image height taken by the platinum cap
     marks: bool = True
     texture_image: np.ndarray | None = field(default=None, repr=False)
 
@@ -73,7 +73,7 @@ class Phantom:
         n = len(self.seeds)
         self.is_resin = rng.random(n) < p.resin_fraction
         self.cyto_level = rng.uniform(0.52, 0.68, n)
-        self.cyto_texture = rng.uniform(0.04, 0.09, n)
+        self.cyto_texture = rng.uniform(0.02, 0.05, n)
         self.has_nucleus = (rng.random(n) < p.nucleus_fraction) & ~self.is_resin
         self.nucleus_radius = rng.uniform(0.28, 0.36, n) * p.cell_size
         self.nucleus_centre = self.seeds + rng.normal(0, 0.05 * p.cell_size, (n, 3))
@@ -139,7 +139,7 @@ class Phantom:
     def _make_marks(self, rng: np.random.Generator) -> list[tuple[float, float, float, float, float]]:
         """FIB-etched marks in the cap: line segments (x0, y0, x1, y1, half_width), fixed in z."""
         depth, height, width = self.extent
-        top, bottom = 0.15 * self.cap_y, 0.8 * self.cap_y
+        top, bottom = 0.3 * self.cap_y, 0.85 * self.cap_y
         marks = []
         x = 0.08 * width
         while x < 0.92 * width:
@@ -230,7 +230,7 @@ class Phantom:
         y = (m[1, 0] * gx + m[1, 1] * gy + m[1, 2]).astype(np.float32)
 
         # A smooth domain warp bends the Voronoi facets into curved membranes.
-        bend = 0.18 * p.cell_size
+        bend = 0.25 * p.cell_size
         label, boundary = self._cells(x + bend * self._noise(x, y, z, 45.0, 2),
                                       y + bend * self._noise(x, y, z, 45.0, 3), z)
         resin = self.is_resin[label]
@@ -241,7 +241,7 @@ class Phantom:
         if p.texture_image is not None:
             img += tex_amp * 1.2 * self._texture_image(x, y, z)
         else:
-            img += tex_amp * fine + 0.035 * blotch
+            img += tex_amp * fine + 0.05 * blotch
         img = np.where(resin, 0.86 + 0.015 * fine, img)
         img -= 0.42 * _line(boundary, p.membrane_sigma) * (1 - 0.5 * resin)
 

@@ -1,0 +1,142 @@
+"""Template matching on fiducial marks: normalised cross-correlation, sub-pixel peak."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ..parallel import ordered_map
+from ..stack import Stack
+from .pairwise import is_blank
+from .subpixel import fit_peak_2d
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackResult:
+    positions: np.ndarray   # (n, 2) top-left (x, y) of the ROI in each raw slice; NaN where failed
+    scores: np.ndarray      # (n,) NCC peak
+    blank: np.ndarray       # (n,) bool
+    reasons: list[str]
+
+
+def match_template(search: np.ndarray, template: np.ndarray, peak_fit: str = "gaussian") -> tuple[float, float, float]:
+    """Sub-pixel position (x, y) of ``template`` in ``search`` and the NCC peak value.
+
+    Uses OpenCV ``matchTemplate`` with ``TM_CCOEFF_NORMED`` (zero-mean normalised
+    cross-correlation), then a per-axis fit through the maximum and its neighbours.
+    """
+    ncc = cv2.matchTemplate(search.astype(np.float32), template.astype(np.float32), cv2.TM_CCOEFF_NORMED)
+    _, peak, _, (ix, iy) = cv2.minMaxLoc(ncc)
+    y, x = fit_peak_2d(ncc, iy, ix, peak_fit)
+    return x, y, float(peak)
+
+
+def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice: int, search_margin: int = 64,
+                   min_score: float = 0.5, peak_fit: str = "gaussian", workers: int = 1,
+                   progress: Callable[[int], None] | None = None) -> TrackResult:
+    """Find the ROI of ``roi_slice`` in every slice, searching around its last position.
+
+    Tracking runs outward from ``roi_slice`` in both directions. A slice whose peak is
+    below ``min_score`` (or that is blank) is a failed measurement: its position is NaN
+    and the search for the next slice stays where the last good one was. A peak on the
+    edge of the search window triggers one wider search.
+    """
+    n, h, w = stack.shape
+    x0, y0, rw, rh = (int(round(v)) for v in roi_xywh)
+    if rw < 8 or rh < 8 or x0 < 0 or y0 < 0 or x0 + rw > w or y0 + rh > h:
+        raise ValueError(
+            f"template ROI x={x0} y={y0} w={rw} h={rh} is not inside slice {roi_slice} ({w}x{h} px) "
+            "or is smaller than 8 px; choose a region on the alignment marks"
+        )
+    reference = stack.read(roi_slice).astype(np.float32)
+    template = reference[y0:y0 + rh, x0:x0 + rw]
+    if is_blank(template) or float(template.std()) < 1e-6:
+        raise ValueError(f"template ROI x={x0} y={y0} w={rw} h={rh} in slice {roi_slice} is featureless; "
+                         "choose a region with alignment marks (or --roi auto)")
+    positions = np.full((n, 2), np.nan)
+    scores = np.zeros(n)
+    blank = np.zeros(n, dtype=bool)
+    reasons = [""] * n
+    for order in (range(roi_slice, n), range(roi_slice - 1, -1, -1)):
+        last = np.array([x0, y0], dtype=np.float64) if order.start == roi_slice else positions[roi_slice].copy()
+        for z, image in zip(order, ordered_map(stack.read, order, workers)):
+            if is_blank(image):
+                blank[z], reasons[z] = True, "blank slice"
+            else:
+                found = _search(image.astype(np.float32), template, last, search_margin, peak_fit)
+                scores[z] = found[2]
+                if found[2] >= min_score:
+                    positions[z] = found[:2]
+                    last = positions[z].copy()
+                else:
+                    reasons[z] = f"NCC peak {found[2]:.2f} < {min_score}"
+            if progress:
+                progress(1)
+    if np.isnan(positions[roi_slice]).any():
+        raise ValueError(f"the template does not match its own slice {roi_slice}; is that slice blank?")
+    return TrackResult(positions, scores, blank, reasons)
+
+
+def _search(image: np.ndarray, template: np.ndarray, last_xy: np.ndarray, margin: int,
+            peak_fit: str) -> tuple[float, float, float]:
+    h, w = image.shape
+    th, tw = template.shape
+    for m in (margin, 4 * margin):
+        lx, ly = int(round(last_xy[0])), int(round(last_xy[1]))
+        sx0, sy0 = max(0, lx - m), max(0, ly - m)
+        sx1, sy1 = min(w, lx + tw + m), min(h, ly + th + m)
+        if sx1 - sx0 < tw or sy1 - sy0 < th:
+            return np.nan, np.nan, 0.0
+        x, y, peak = match_template(image[sy0:sy1, sx0:sx1], template, peak_fit)
+        on_edge = (x < 1 and sx0 > 0) or (y < 1 and sy0 > 0) or \
+                  (x > sx1 - sx0 - tw - 1 and sx1 < w) or (y > sy1 - sy0 - th - 1 and sy1 < h)
+        if not on_edge:
+            break
+    return sx0 + x, sy0 + y, peak
+
+
+def propose_roi(image: np.ndarray, band_fraction: float = 0.3, size_yx: tuple[int, int] | None = None,
+                margin_x: int = 64) -> tuple[int, int, int, int]:
+    """The most distinctive region in the top band of ``image`` (where FIB marks usually are).
+
+    Candidates keep ``margin_x`` px from the left and right edges (room for drift) and are scored by contrast times distinctiveness: one minus the highest NCC of
+    the window with itself shifted by more than 2 px (repetitive or flat regions score low).
+
+    Returns
+    -------
+    tuple of int
+        ``(x, y, w, h)`` in pixels.
+    """
+    # Smooth first so that shot noise does not look "distinctive".
+    img = cv2.GaussianBlur(np.asarray(image, dtype=np.float32), (0, 0), 2.0)
+    h, w = img.shape
+    band = max(16, int(h * band_fraction))
+    rh, rw = size_yx or (min(128, max(16, band // 3)), min(1000, max(32, w // 2)))
+    rh, rw = min(rh, band), min(rw, w - 2 * min(margin_x, w // 4))
+    pad = 24
+    best, best_score = (0, 0, rw, rh), -np.inf
+    y_start = min(16, band // 8)
+    for y in range(y_start, max(y_start + 1, band - rh + 1), max(1, rh // 4)):
+        mx = min(margin_x, max(0, (w - rw) // 2))
+        for x in range(mx, max(mx + 1, w - rw - mx + 1), max(1, rw // 8)):
+            win = img[y:y + rh, x:x + rw]
+            contrast = float(win.std())
+            if contrast < 1e-6:
+                continue
+            sy0, sx0 = max(0, y - pad), max(0, x - pad)
+            region = img[sy0:min(h, y + rh + pad), sx0:min(w, x + rw + pad)]
+            ncc = cv2.matchTemplate(region, win, cv2.TM_CCOEFF_NORMED)
+            cy, cx = y - sy0, x - sx0
+            ncc[max(0, cy - 2):cy + 3, max(0, cx - 2):cx + 3] = -1
+            distinct = 1.0 - float(ncc.max()) if ncc.size > 25 else 0.0
+            score = contrast * distinct
+            if score > best_score:
+                best, best_score = (x, y, rw, rh), score
+    log.info("proposed template ROI x=%d y=%d w=%d h=%d", *best)
+    return best

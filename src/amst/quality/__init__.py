@@ -1,0 +1,1 @@
+"""Alignment quality: ground-truth error, the paper's residual, plots and the report."""

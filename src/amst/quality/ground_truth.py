@@ -1,0 +1,81 @@
+"""Error of an alignment against synthetic ground truth.
+
+For slice z the alignment maps an output pixel to raw (``A_z``) and the ground truth maps
+raw to the undistorted volume (``G_z``), so ``C_z = G_z o A_z`` maps output to volume. A
+perfect alignment has the same ``C_z`` for every slice, up to one global transform. The
+error of slice z at output pixel p is ``C_z(p) - C(p)``, with ``C`` the single affine that
+best fits all slices (least squares over the sampled canvas).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..transform import apply_to_points, compose, invert
+
+
+def output_to_volume(affines: np.ndarray, gt_maps: np.ndarray) -> np.ndarray:
+    """(n, 2, 3) composites ``G_z o A_z``."""
+    return np.array([compose(g, a) for g, a in zip(gt_maps, affines)])
+
+
+def sample_points(canvas_shape_yx: tuple[int, int], affine: np.ndarray | None = None,
+                  raw_shape_yx: tuple[int, int] | None = None, step: int = 16) -> np.ndarray:
+    """Grid points (x, y) on the canvas, restricted to where the raw slice is (if given)."""
+    h, w = canvas_shape_yx
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    if affine is not None and raw_shape_yx is not None:
+        raw = apply_to_points(affine, pts)
+        rh, rw = raw_shape_yx
+        inside = (raw[:, 0] >= 0) & (raw[:, 0] <= rw - 1) & (raw[:, 1] >= 0) & (raw[:, 1] <= rh - 1)
+        pts = pts[inside]
+    return pts
+
+
+def slice_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tuple[int, int],
+                 raw_shape_yx: tuple[int, int], step: int = 16, exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-slice ground-truth error after removing the best global affine.
+
+    Parameters
+    ----------
+    affines : (n, 2, 3) output -> raw maps of the alignment
+    gt_maps : (n, 2, 3) raw -> volume ground truth
+    canvas_shape_yx, raw_shape_yx : shapes of the output canvas and the raw slices
+    exclude : (n,) bool, slices left out of the global fit (e.g. blank)
+
+    Returns
+    -------
+    dict
+        ``rms`` and ``max`` (n,) in px over the covered canvas, ``displacement_centre``
+        (n, 2) at the centre of the raw field of view, ``global`` the removed affine.
+    """
+    comp = output_to_volume(affines, gt_maps)
+    n = len(comp)
+    use = np.ones(n, dtype=bool) if exclude is None else ~exclude
+    # The least-squares affine over identical point sets is the mean of the matrices; the
+    # points differ a little per slice (coverage), the mean is the global fit we report.
+    global_map = comp[use].mean(axis=0)
+    rms, mx = np.zeros(n), np.zeros(n)
+    centre = np.zeros((n, 2))
+    rh, rw = raw_shape_yx
+    for z in range(n):
+        pts = sample_points(canvas_shape_yx, affines[z], raw_shape_yx, step)
+        if len(pts) == 0:
+            rms[z] = mx[z] = np.nan
+            continue
+        d = apply_to_points(comp[z], pts) - apply_to_points(global_map, pts)
+        r = np.linalg.norm(d, axis=1)
+        rms[z], mx[z] = float(np.sqrt(np.mean(r ** 2))), float(r.max())
+        c = apply_to_points(invert(affines[z]), np.array([[(rw - 1) / 2, (rh - 1) / 2]]))
+        centre[z] = (apply_to_points(comp[z], c) - apply_to_points(global_map, c))[0]
+    return {"rms": rms, "max": mx, "displacement_centre": centre, "global": global_map}
+
+
+def error_at_point(affines: np.ndarray, gt_maps: np.ndarray, point_xy: np.ndarray,
+                   reference: int | None = None) -> np.ndarray:
+    """(n, 2) position error at one output point, relative to slice ``reference`` (default: median)."""
+    comp = output_to_volume(affines, gt_maps)
+    vals = np.array([apply_to_points(c, np.asarray(point_xy, dtype=np.float64)[None])[0] for c in comp])
+    base = vals[reference] if reference is not None else np.median(vals, axis=0)
+    return vals - base

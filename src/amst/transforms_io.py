@@ -1,0 +1,104 @@
+"""``transforms.json``: the per-slice affines of a run (a contract, see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .stack import VoxelSize
+from .transform import as_affine, to_list
+
+FORMAT = "amst-transforms"
+VERSION = 1
+STATUSES = ("ok", "fallback", "blank", "failed")
+
+
+@dataclass
+class SliceTransform:
+    """One slice of ``transforms.json``; ``affine`` maps output (x, y) to raw (x, y)."""
+
+    index: int
+    name: str
+    prealign: np.ndarray
+    affine: np.ndarray
+    status: str = "ok"
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status not in STATUSES:
+            raise ValueError(f"slice {self.index}: status {self.status!r} is not one of {STATUSES}")
+        return {"index": self.index, "name": self.name, "prealign": to_list(self.prealign),
+                "affine": to_list(self.affine), "status": self.status, "metrics": _jsonable(self.metrics)}
+
+
+@dataclass
+class Transforms:
+    """All slices of a run plus the output canvas and voxel size."""
+
+    canvas_shape_yx: tuple[int, int]
+    slices: list[SliceTransform]
+    voxel_size: VoxelSize | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def affines(self) -> np.ndarray:
+        """(n, 2, 3) array of the full output-to-raw affines."""
+        return np.array([s.affine for s in self.slices])
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"format": FORMAT, "version": VERSION, "convention": "output_xy_to_input_xy",
+               "canvas": {"shape_yx": [int(v) for v in self.canvas_shape_yx]},
+               "voxel_size": self.voxel_size.to_dict() if self.voxel_size else None,
+               "slices": [s.to_json() for s in self.slices]}
+        doc.update(_jsonable(self.extra))
+        return doc
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+
+
+def load_transforms(path: str | Path) -> Transforms:
+    """Read and validate ``transforms.json``."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read transforms ({exc})") from exc
+    if doc.get("format") != FORMAT or doc.get("convention") != "output_xy_to_input_xy":
+        raise ValueError(f"{path}: not an amst transforms file (format={doc.get('format')!r})")
+    slices = []
+    for s in doc["slices"]:
+        try:
+            slices.append(SliceTransform(int(s["index"]), s.get("name", f"slice {s['index']}"),
+                                         as_affine(s["prealign"]), as_affine(s["affine"]), s.get("status", "ok"),
+                                         s.get("metrics", {})))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: slice entry {s.get('index')} is invalid ({exc})") from exc
+    vs = VoxelSize.from_dict(doc["voxel_size"]) if doc.get("voxel_size") else None
+    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "convention", "canvas", "voxel_size", "slices")}
+    return Transforms(tuple(doc["canvas"]["shape_yx"]), slices, vs, extra)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

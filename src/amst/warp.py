@@ -1,0 +1,65 @@
+"""Resampling: one slice through one affine onto the output canvas (OpenCV)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .transform import as_affine
+
+ORDERS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int, int],
+               order: str = "cubic", fill: float = 0) -> np.ndarray:
+    """Resample ``image`` so that output pixel ``p`` holds ``image(affine(p))``.
+
+    Parameters
+    ----------
+    image : 2-D array (uint8, uint16 or float32; other dtypes are computed in float32)
+    affine : (2, 3) array, output (x, y) -> raw (x, y)
+    canvas_shape_yx : (H, W) of the output
+    order : {"nearest", "linear", "cubic"}
+    fill : value outside the raw slice
+
+    Returns
+    -------
+    numpy.ndarray
+        Same dtype as ``image`` (integer results are rounded and saturated).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"unknown interpolation order {order!r}; use one of {', '.join(ORDERS)}")
+    m = as_affine(affine)
+    h, w = canvas_shape_yx
+    src = image
+    if src.dtype not in (np.uint8, np.uint16, np.float32) or (order == "nearest" and src.dtype.itemsize > 2):
+        if order == "nearest":
+            # Labels: index map then take, so any integer dtype keeps its exact values.
+            return _nearest_take(image, m, (h, w), fill)
+        src = src.astype(np.float32)
+    out = cv2.warpAffine(src, m, (w, h), flags=ORDERS[order] | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
+    return out.astype(image.dtype, copy=False)
+
+
+def _nearest_take(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
+    h, w = shape
+    gy, gx = np.mgrid[0:h, 0:w]
+    sx = np.rint(m[0, 0] * gx + m[0, 1] * gy + m[0, 2]).astype(np.int64)
+    sy = np.rint(m[1, 0] * gx + m[1, 1] * gy + m[1, 2]).astype(np.int64)
+    inside = (sx >= 0) & (sx < image.shape[1]) & (sy >= 0) & (sy < image.shape[0])
+    out = np.full(shape, fill, dtype=image.dtype)
+    out[inside] = image[sy[inside], sx[inside]]
+    return out
+
+
+def coverage_mask(raw_shape_yx: tuple[int, int], affine: np.ndarray, canvas_shape_yx: tuple[int, int],
+                  margin: float = 0.0) -> np.ndarray:
+    """Boolean mask of output pixels whose source lies inside the raw slice (minus ``margin`` px)."""
+    m = as_affine(affine)
+    h, w = canvas_shape_yx
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
+    sy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+    rh, rw = raw_shape_yx
+    return (sx >= margin) & (sx <= rw - 1 - margin) & (sy >= margin) & (sy <= rh - 1 - margin)
