@@ -109,3 +109,156 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, out_fo
     click.echo(f"wrote {shape[0]} slices to {out} in {time.perf_counter() - t0:.1f} s "
                f"(ground truth: {Path(out) / 'ground_truth.json'})")
 
+
+
+def _prealign_options(f):
+    """Options shared by ``amst prealign`` and ``amst run``."""
+    opts = [
+        click.option("--roi", default=None, metavar="'X Y W H'|auto",
+                     help="Template-matching region (needs --roi-units), or 'auto' (default)."),
+        click.option("--roi-units", type=click.Choice(["px", "nm"]), default=None,
+                     help="Units of --roi numbers; required with them (no guessing)."),
+        click.option("--roi-slice", type=int, default=None, help="Slice of --roi (default: the middle slice)."),
+        click.option("--search-margin", type=int, default=None, help="TM search margin in px (default 64)."),
+        click.option("--min-score", type=float, default=None, help="Lowest accepted NCC peak (default 0.5)."),
+        click.option("--gaps", default=None, metavar="'1 2 4 8 16'", help="z-gaps of pairs for features/xcorr."),
+        click.option("--canvas", type=click.Choice(["union", "input"]), default=None),
+        click.option("--xcorr-prefilter", type=click.Choice(["gaussian", "edges", "none"]), default=None),
+        click.option("--pattern", default=None, help="Glob for TIFF folders."),
+        click.option("--dataset", default=None, help="HDF5 dataset / Zarr array inside INPUT."),
+        click.option("--allow-pad", is_flag=True, default=None, help="Pad slices of differing shape."),
+        click.option("--workers", type=int, default=None, help="Processes/threads (default: all cores)."),
+        _voxel_option,
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _flat_prealign(kw: dict) -> dict:
+    roi = kw.pop("roi", None)
+    if roi is not None and roi != "auto":
+        parts = roi.replace(",", " ").split()
+        if len(parts) != 4:
+            raise click.BadParameter("expected 'X Y W H' or auto", param_hint="--roi")
+        if kw.get("roi_units") is None:
+            raise click.BadParameter("say whether X Y W H are in px or nm with --roi-units", param_hint="--roi")
+        roi = [float(v) for v in parts]
+    gaps = kw.pop("gaps", None)
+    if gaps is not None:
+        gaps = [int(g) for g in gaps.replace(",", " ").split()]
+    vs = kw.pop("voxel_size", None)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    return {**kw, "roi": roi, "gaps": gaps, "voxel_size": list(vs) if vs else None}
+
+
+@main.command("prealign")
+@click.argument("input")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(["tm", "features", "xcorr"]), default="tm", show_default=True)
+@click.option("--write-stack", is_flag=True, help="Also write the pre-aligned stack.")
+@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default="zarr", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@_prealign_options
+def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -> None:
+    """Pre-align INPUT by translations; writes OUT/transforms.json (and the stack)."""
+    from tqdm import tqdm
+
+    from .config import build_config
+    from .prealign import prealign, to_transforms
+    from .stack import create_writer
+    from .warp import warp_slice
+
+    flat = _flat_prealign(kw)
+    cfg = build_config(prealign=method, **{k: v for k, v in flat.items()})
+    vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
+    stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
+                       allow_pad=cfg.input.allow_pad)
+    outp = Path(out)
+    if outp.exists() and any(outp.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; choose a new OUT or pass --overwrite")
+    outp.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tqdm(total=len(stack), desc=f"prealign ({method})", unit="slice") as bar:
+        res = prealign(stack, cfg.prealign, cfg.execution.workers, bar.update)
+    seconds = time.perf_counter() - t0
+    tf = to_transforms(stack, res, cfg.prealign.canvas)
+    tf.extra["prealign_seconds"] = seconds
+    if write_stack:
+        name = "prealigned.zarr" if out_format == "zarr" else "prealigned"
+        w = create_writer(outp / name, out_format, (len(stack), *tf.canvas_shape_yx), stack.dtype,
+                          stack.voxel_size, names=stack.names)
+        for z in tqdm(range(len(stack)), desc="write", unit="slice"):
+            w.write(z, warp_slice(stack.read(z), tf.slices[z].affine, tf.canvas_shape_yx, "linear"))
+    tf.save(outp / "transforms.json")
+    bad = [s for s in tf.slices if s.status != "ok"]
+    click.echo(f"pre-aligned {len(stack)} slices ({method}) in {seconds:.1f} s "
+               f"({seconds / len(stack):.3f} s/slice); canvas {tf.canvas_shape_yx[0]}x{tf.canvas_shape_yx[1]}")
+    if bad:
+        click.echo(f"{len(bad)} slice(s) flagged: " + ", ".join(f"{s.index} ({s.status})" for s in bad[:20]))
+
+
+@main.command("run")
+@click.argument("input")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--prealign", "prealign_method", type=click.Choice(["tm", "features", "xcorr", "none"]), default=None,
+              help="Pre-alignment method (default tm).")
+@click.option("--prealigned", default=None, help="A stack aligned elsewhere (e.g. Fiji) to build the template from.")
+@click.option("--backend", type=click.Choice(["elastix", "fast"]), default=None, help="Affine back-end.")
+@click.option("--median-radius", type=int, default=None, help="Template median radius in slices (default 7).")
+@click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default=None)
+@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None)
+@click.option("--pyramid-levels", type=int, default=None)
+@click.option("--block-size", type=int, default=None, help="Slices per work unit.")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config.")
+@click.option("--overwrite", is_flag=True, help="Replace an OUT that holds a run with other parameters.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_prealign_options
+def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, **kw) -> None:
+    """Align INPUT with AMST into OUT (re-run the same command to resume)."""
+    from .pipeline import align
+
+    flat = _flat_prealign(kw)
+    res = align(input, out, config_file, overwrite=overwrite, progress=not quiet, prealign=prealign_method, **flat)
+    counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
+    click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
+               + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
+    if res.recomputed < len(res.statuses):
+        click.echo(f"resumed: {len(res.statuses) - res.recomputed} slices were already done")
+    click.echo("time per slice (s): " + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items()))
+    flagged = [s for s in res.transforms.slices if s.status != "ok"]
+    for s in flagged[:20]:
+        click.echo(f"  slice {s.index} ({s.name}): {s.status} - {s.metrics.get('reason', s.metrics.get('prealign_flag', ''))}")
+
+
+@main.command("apply")
+@click.argument("transforms", type=click.Path(exists=True, dir_okay=False))
+@click.argument("input")
+@click.argument("out")
+@click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default="cubic", show_default=True,
+              help="nearest for label stacks (values kept exactly).")
+@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None,
+              help="Default: zarr if OUT ends in .zarr, else tiff.")
+@click.option("--pattern", default=None)
+@click.option("--dataset", default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, workers, overwrite) -> None:
+    """Re-apply saved TRANSFORMS to another channel or label stack INPUT."""
+    from .pipeline import apply
+
+    path = apply(transforms, input, out, order=order, out_format=out_format, workers=workers, overwrite=overwrite,
+                 pattern=pattern, dataset=dataset)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False), default="amst-demo")
+@click.option("--backend", type=click.Choice(["elastix", "fast"]), default="elastix", show_default=True)
+@click.option("--workers", type=int, default=None)
+def demo(out, backend, workers) -> None:
+    """Synthesise a small FIB-SEM stack and align it: TM only vs AMST, against ground truth."""
+    from .demo import run_demo
+
+    run_demo(Path(out), backend=backend, workers=workers, echo=click.echo)

@@ -1,0 +1,234 @@
+"""Run configuration: every option of ``amst run``, from defaults, a YAML file and the CLI.
+
+Sections mirror the pipeline stages. Unknown keys, wrong types and out-of-range values are
+refused with a message that names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .prealign import PrealignConfig
+
+
+@dataclass
+class InputConfig:
+    pattern: str | None = None
+    dataset: str | None = None
+    voxel_size: tuple[float, float, float] | None = None
+    allow_pad: bool = False
+    channel: int | None = None
+
+
+@dataclass
+class TemplateConfig:
+    median_radius: int = 7
+
+
+@dataclass
+class RegisterConfig:
+    backend: str = "elastix"
+    elastix: dict[str, Any] = field(default_factory=dict)
+    max_scale_change: float = 0.05
+    max_shear: float = 0.05
+    max_shift_px: float = 25.0
+    min_ncc_gain: float = -0.002
+
+
+@dataclass
+class WarpConfig:
+    order: str = "cubic"
+
+
+@dataclass
+class OutputConfig:
+    out_format: str = "zarr"
+    pyramid_levels: int = 1
+
+
+@dataclass
+class ExecutionConfig:
+    workers: int | None = None
+    block_size: int | None = None
+    scheduler: str | None = None
+
+
+@dataclass
+class RunConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    prealign: PrealignConfig = field(default_factory=PrealignConfig)
+    prealigned: str | None = None
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def validate(self) -> "RunConfig":
+        self.prealign.validate()
+        _choice("register.backend", self.register.backend, ("elastix", "fast"))
+        _choice("warp.order", self.warp.order, ("cubic", "linear", "nearest"))
+        _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
+        if self.template.median_radius < 0:
+            raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
+        if self.output.pyramid_levels < 1:
+            raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
+        if self.execution.workers is not None and self.execution.workers < 1:
+            raise ValueError(f"execution.workers: {self.execution.workers} must be >= 1")
+        if self.execution.block_size is not None and self.execution.block_size < 1:
+            raise ValueError(f"execution.block_size: {self.execution.block_size} must be >= 1")
+        if self.input.voxel_size is not None and (len(self.input.voxel_size) != 3 or min(self.input.voxel_size) <= 0):
+            raise ValueError(f"input.voxel_size: {self.input.voxel_size} must be three positive numbers Z Y X (nm)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def result_affecting(self) -> dict[str, Any]:
+        """The options that change the output (execution options do not)."""
+        d = self.to_dict()
+        d.pop("execution")
+        return d
+
+
+# Flat option names (CLI / Python API) -> config path.
+FLAT_OPTIONS: dict[str, str] = {
+    "pattern": "input.pattern", "dataset": "input.dataset", "voxel_size": "input.voxel_size",
+    "allow_pad": "input.allow_pad", "channel": "input.channel",
+    "prealign": "prealign.method", "roi": "prealign.roi", "roi_units": "prealign.roi_units",
+    "roi_slice": "prealign.roi_slice", "search_margin": "prealign.search_margin",
+    "min_score": "prealign.min_score", "gaps": "prealign.gaps", "canvas": "prealign.canvas",
+    "xcorr_prefilter": "prealign.xcorr_prefilter", "max_features": "prealign.max_features",
+    "prealigned": "prealigned", "median_radius": "template.median_radius",
+    "backend": "register.backend", "order": "warp.order", "out_format": "output.out_format",
+    "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
+    "block_size": "execution.block_size", "scheduler": "execution.scheduler",
+}
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type hint of ``key``; return it converted."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(key, v, inner) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown option {path!r}; allowed here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: expected a section (mapping), got {value!r}")
+            _apply(current, value, f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, value, hints[key]))
+
+
+def build_config(file: str | Path | dict | None = None, **flat: Any) -> RunConfig:
+    """Defaults, then a YAML file (or dict), then flat options (None means "not given").
+
+    Raises
+    ------
+    ValueError
+        Naming the offending key and what is allowed.
+    """
+    cfg = RunConfig()
+    if file is not None:
+        data = file if isinstance(file, dict) else load_yaml(file)
+        data = {k: v for k, v in data.items() if k != "amst_version"}
+        _apply(cfg, data, "")
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        if value is None:
+            continue
+        if name not in FLAT_OPTIONS:
+            raise ValueError(f"unknown option {name!r}; allowed: {', '.join(sorted(FLAT_OPTIONS))}")
+        if name == "roi" and isinstance(value, str) and value != "auto":
+            raise ValueError(f"roi: {value!r} must be 'auto' or four numbers X Y W H")
+        section = nested
+        *parents, leaf = FLAT_OPTIONS[name].split(".")
+        for p in parents:
+            section = section.setdefault(p, {})
+        section[leaf] = list(value) if isinstance(value, tuple) else value
+    _apply(cfg, nested, "")
+    return cfg.validate()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read config ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(cfg: RunConfig, version: str) -> str:
+    return yaml.safe_dump({"amst_version": version, **cfg.to_dict()}, sort_keys=False)

@@ -1,0 +1,514 @@
+"""Wiring of the AMST pipeline: pre-align, template, register, warp, write; resume; executors.
+
+Everything here is orchestration: the maths lives in pure functions elsewhere. Work is
+distributed in small blocks of consecutive slices; a worker reads its own slices (plus the
+``radius`` neighbours its templates need), so no pixel array goes through the scheduler,
+and holds only ``2 * radius + 1`` slices at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .config import RunConfig, build_config, dump_yaml
+from .parallel import default_workers
+from .prealign import PrealignResult, prealign, to_transforms
+from .prealign.pairwise import is_blank
+from .prealign.xcorr import PhaseCorrelation
+from .register import check_result, register, sampled_ncc
+from .stack import Stack, VoxelSize, create_writer, open_stack
+from .template import sliding_templates, window_bounds
+from .transform import translation
+from .transforms_io import SliceTransform, Transforms, load_transforms
+from .warp import warp_slice
+
+log = logging.getLogger("amst")
+
+STAGES = ("read", "prealign", "template", "register", "warp", "write")
+STATE_DIR = ".amst"
+
+
+@dataclass
+class AlignResult:
+    """What :func:`align` produced."""
+
+    out: Path
+    output_stack: Path
+    transforms: Transforms
+    timings_per_slice: dict[str, float]
+    recomputed: int
+    config: RunConfig = field(repr=False, default_factory=RunConfig)
+
+    @property
+    def statuses(self) -> list[str]:
+        return [s.status for s in self.transforms.slices]
+
+
+@dataclass
+class _Job:
+    """Everything a worker needs; small and picklable (no pixel data)."""
+
+    stack: Stack
+    prealigned_stack: Stack | None
+    prealign_affines: np.ndarray
+    prealign_status: list[str]
+    canvas: tuple[int, int]
+    cfg: RunConfig
+    writer: dict[str, Any]
+    journal: Path
+
+
+# -- output folder, journal -----------------------------------------------------------------
+
+def _output_name(cfg: RunConfig) -> str:
+    return "aligned.zarr" if cfg.output.out_format == "zarr" else "aligned"
+
+
+def _config_digest(cfg: RunConfig, stack: Stack) -> str:
+    d = {"config": cfg.result_affecting(), "input": str(stack.path), "shape": list(stack.shape)}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _prepare_out(out: Path, input_path: Path, digest: str, overwrite: bool) -> bool:
+    """Create or validate OUT. Returns True when resuming an earlier run of the same config."""
+    out_r, in_r = out.resolve(), input_path.resolve()
+    if out_r == in_r or in_r in out_r.parents:
+        raise ValueError(f"output {out} is inside the input {input_path}; choose an OUT outside the input")
+    if out_r in in_r.parents:
+        raise ValueError(f"the input {input_path} is inside the output {out}; choose another OUT")
+    state = out / STATE_DIR / "state.json"
+    if out.exists() and any(out.iterdir()):
+        if state.exists():
+            previous = json.loads(state.read_text()).get("digest")
+            if previous == digest and not overwrite:
+                return True
+            if not overwrite:
+                raise ValueError(
+                    f"{out} holds a run with different parameters or input; pass --overwrite to replace it, "
+                    "or choose another OUT"
+                )
+        elif not overwrite:
+            raise ValueError(f"{out} exists and holds other files; choose an empty or new OUT (or --overwrite)")
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out} is not writable; choose another OUT")
+    (out / STATE_DIR / "journal").mkdir(parents=True, exist_ok=True)
+    _atomic_write(state, json.dumps({"digest": digest, "amst_version": __version__}))
+    return False
+
+
+def _clear(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _journal_entry(journal: Path, z: int) -> Path:
+    return journal / f"{z:07d}.json"
+
+
+def _read_journal(journal: Path, n: int) -> dict[int, dict[str, Any]]:
+    done = {}
+    for z in range(n):
+        p = _journal_entry(journal, z)
+        if p.exists():
+            try:
+                done[z] = json.loads(p.read_text())
+            except json.JSONDecodeError:  # a torn entry is not a finished slice
+                p.unlink()
+    return done
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+def _prealigned_float(image: np.ndarray, affine: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """Raw slice placed on the canvas by its pre-alignment, NaN where it has no data."""
+    return warp_slice(image.astype(np.float32), affine, canvas, "linear", fill=np.nan)
+
+
+def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
+    """Register and write slices ``first..last-1``; returns one result dict per slice.
+
+    Each slice's data is written before its journal entry, so an interrupted run never
+    marks a slice done that is not on disk.
+    """
+    cfg = job.cfg
+    n = len(job.stack)
+    radius = cfg.template.median_radius
+    lo, _ = window_bounds(first, n, radius)
+    _, hi = window_bounds(last - 1, n, radius)
+    writer = create_writer(**job.writer, mode="a")
+    raws: dict[int, np.ndarray] = {}
+    timings: dict[int, dict[str, float]] = {z: dict.fromkeys(STAGES, 0.0) for z in range(first, last)}
+    template_time = [0.0]
+
+    def stream() -> Iterator[np.ndarray]:
+        for z in range(lo, hi):
+            t0 = time.perf_counter()
+            raw = job.stack.read(z)
+            t_read = time.perf_counter() - t0
+            if first <= z < last:
+                raws[z] = raw
+                timings[z]["read"] += t_read
+            t0 = time.perf_counter()
+            if job.prealigned_stack is not None:
+                pre = job.prealigned_stack.read(z).astype(np.float32)
+            else:
+                pre = _prealigned_float(raw, job.prealign_affines[z], job.canvas)
+            if is_blank(raw):
+                pre = np.full(job.canvas, np.nan, np.float32)  # a blank slice must not pull the median
+            template_time[0] += time.perf_counter() - t0
+            yield pre
+
+    results = []
+    t_start = time.perf_counter()
+    for z, template in sliding_templates(stream(), lo, n, radius, first, last):
+        t_templ = time.perf_counter() - t_start
+        timings[z]["template"] += t_templ
+        raw = raws.pop(z)
+        entry = _register_slice(job, z, raw, template, timings[z])
+        t0 = time.perf_counter()
+        affine = np.array(entry["affine"])
+        out = warp_slice(raw, affine, job.canvas, cfg.warp.order)
+        timings[z]["warp"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        writer.write(z, out)
+        timings[z]["write"] += time.perf_counter() - t0
+        entry["timings"] = timings[z]
+        _atomic_write(_journal_entry(job.journal, z), json.dumps(entry))
+        results.append(entry)
+        t_start = time.perf_counter()
+    # template_time holds the pre-alignment warps of the whole window; charge them per slice.
+    for e in results:
+        e["timings"]["template"] += template_time[0] / max(1, len(results))
+    return results
+
+
+def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
+                    timing: dict[str, float]) -> dict[str, Any]:
+    cfg = job.cfg
+    initial = job.prealign_affines[z]
+    metrics: dict[str, Any] = {}
+    if is_blank(raw):
+        return {"index": z, "affine": initial.tolist(), "status": "blank", "metrics": {"reason": "blank slice"}}
+    mask = np.isfinite(template)
+    if mask.mean() < 0.05:
+        return {"index": z, "affine": initial.tolist(), "status": "fallback",
+                "metrics": {"reason": "template covers < 5 % of the canvas"}}
+    filled = np.where(mask, template, float(np.nanmedian(template))).astype(np.float32)
+    raw_f = _finite(raw)
+    t0 = time.perf_counter()
+    status, reason = "ok", ""
+    try:
+        result = register(cfg.register.backend, raw_f, filled, mask, initial, cfg.register.elastix)
+        affine = result.affine
+        metrics.update(result.metrics)
+    except Exception as exc:  # a failed registration must not stop the run: keep the pre-alignment
+        affine, status, reason = initial, "fallback", f"registration failed: {exc}"
+    timing["register"] += time.perf_counter() - t0
+    ncc_before = sampled_ncc(raw_f, filled, mask, initial)
+    metrics["ncc_prealign"] = ncc_before
+    if status == "ok":
+        ncc_after = sampled_ncc(raw_f, filled, mask, affine)
+        metrics["ncc_final"] = ncc_after
+        reason = check_result(affine, initial, job.canvas, cfg.register.max_scale_change, cfg.register.max_shear,
+                              cfg.register.max_shift_px, ncc_before, ncc_after, cfg.register.min_ncc_gain)
+        if reason:
+            status, affine = "fallback", initial
+    if reason:
+        metrics["reason"] = reason
+    return {"index": z, "affine": np.asarray(affine).tolist(), "status": status, "metrics": metrics}
+
+
+def _finite(image: np.ndarray) -> np.ndarray:
+    img = image.astype(np.float32)
+    if not np.isfinite(img).all():
+        finite = img[np.isfinite(img)]
+        img = np.where(np.isfinite(img), img, np.median(finite) if finite.size else 0.0).astype(np.float32)
+    return img
+
+
+# -- orchestration ---------------------------------------------------------------------------
+
+def _blocks(todo: list[int], size: int) -> list[tuple[int, int]]:
+    """Runs of consecutive slice indices, cut into blocks of at most ``size``."""
+    blocks: list[tuple[int, int]] = []
+    for z in todo:
+        if blocks and blocks[-1][1] == z and blocks[-1][1] - blocks[-1][0] < size:
+            blocks[-1] = (blocks[-1][0], z + 1)
+        else:
+            blocks.append((z, z + 1))
+    return blocks
+
+
+def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
+    if cfg.execution.scheduler:
+        from distributed import Client
+
+        client = Client(cfg.execution.scheduler)
+        return client, client.close
+    if workers <= 1:
+        return None, lambda: None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _translations_from_prealigned(stack: Stack, prealigned: Stack, workers: int) -> PrealignResult:
+    """Translation from each raw slice to the same slice of a stack aligned elsewhere."""
+    if len(prealigned) != len(stack):
+        raise ValueError(f"--prealigned has {len(prealigned)} slices, the input {len(stack)}; they must match")
+    pc = PhaseCorrelation()
+    from .parallel import ordered_map
+
+    def one(z: int):
+        return pc.match(pc.describe(prealigned.read(z)), pc.describe(stack.read(z)))
+
+    ms = list(ordered_map(one, range(len(stack)), workers))
+    t = np.array([m.shift_xy for m in ms])
+    status = ["ok" if m.ok else "failed" for m in ms]
+    metrics = [{"prealign_confidence": m.confidence} for m in ms]
+    return PrealignResult(t, status, metrics, {"method": "prealigned", "path": str(prealigned.path)})
+
+
+def align(input: str | Path, out: str | Path, config: str | Path | dict | RunConfig | None = None, *,
+          overwrite: bool = False, progress: bool = True, **options: Any) -> AlignResult:
+    """Align a FIB-SEM stack with AMST and write the result to ``out``.
+
+    Parameters
+    ----------
+    input : path
+        Raw stack (TIFF folder, TIFF, OME-Zarr, Zarr, HDF5).
+    out : path
+        Output folder: ``aligned.zarr`` (or ``aligned/``), ``transforms.json``,
+        ``config.yaml``, ``amst.log``. Re-running with the same parameters resumes.
+    config : path, dict or RunConfig, optional
+        YAML config; ``options`` override it.
+    overwrite : bool
+        Replace an OUT that holds a run with other parameters.
+    progress : bool
+        Show progress bars.
+    **options
+        Flat options as on the command line, e.g. ``prealign="tm"``, ``median_radius=7``,
+        ``backend="elastix"``, ``out_format="tiff"``, ``workers=4``.
+
+    Returns
+    -------
+    AlignResult
+
+    Examples
+    --------
+    >>> import amst                                     # doctest: +SKIP
+    >>> res = amst.align("raw/", "run1", prealign="tm")  # doctest: +SKIP
+    >>> res.statuses.count("ok")                         # doctest: +SKIP
+    """
+    cfg = config if isinstance(config, RunConfig) else build_config(config, **options)
+    if isinstance(config, RunConfig) and options:
+        cfg = build_config(cfg.to_dict(), **options)
+    out = Path(out)
+    vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
+    stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
+                       channel=cfg.input.channel, allow_pad=cfg.input.allow_pad)
+    digest = _config_digest(cfg, stack)
+    resuming = _prepare_out(out, stack.path, digest, overwrite)
+    handler = _attach_log(out / "amst.log")
+    try:
+        return _run(stack, out, cfg, resuming, progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool) -> AlignResult:
+    from tqdm import tqdm
+
+    n = len(stack)
+    workers = default_workers(cfg.execution.workers)
+    state = out / STATE_DIR
+    log.info("amst %s: %s (%d slices, %dx%d %s, voxel %s) -> %s%s", __version__, stack.path, n, stack.shape[1],
+             stack.shape[2], stack.dtype, stack.voxel_size or "unknown", out, " (resuming)" if resuming else "")
+    (out / "config.yaml").write_text(dump_yaml(cfg, __version__))
+
+    # Step 1: pre-alignment (saved, so a resumed run does not redo it).
+    pre_file = state / "prealign.json"
+    t0 = time.perf_counter()
+    if resuming and pre_file.exists():
+        pre_tf = load_transforms(pre_file)
+        prealign_seconds = float(pre_tf.extra.get("prealign_seconds", 0.0))
+    else:
+        with tqdm(total=n, desc="prealign", unit="slice", disable=not progress) as bar:
+            if cfg.prealigned:
+                pstack = open_stack(cfg.prealigned)
+                res = _translations_from_prealigned(stack, pstack, workers)
+            else:
+                res = prealign(stack, cfg.prealign, workers, bar.update)
+        pre_tf = to_transforms(stack, res, cfg.prealign.canvas)
+        if cfg.prealigned:
+            pre_tf.canvas_shape_yx = open_stack(cfg.prealigned).shape[1:]
+            for s, t in zip(pre_tf.slices, res.translations):
+                s.prealign = s.affine = translation(*t)
+        prealign_seconds = time.perf_counter() - t0
+        pre_tf.extra["prealign_seconds"] = prealign_seconds
+        pre_tf.save(pre_file)
+    canvas = tuple(int(v) for v in pre_tf.canvas_shape_yx)
+    log.info("pre-alignment (%s): canvas %dx%d, %d slice(s) not ok", cfg.prealigned and "prealigned" or cfg.prealign.method,
+             canvas[0], canvas[1], sum(s.status != "ok" for s in pre_tf.slices))
+
+    # Steps 2-3 + warp + write, by blocks of slices.
+    out_stack = out / _output_name(cfg)
+    writer_spec = {"path": out_stack, "fmt": cfg.output.out_format, "shape": (n, *canvas), "dtype": stack.dtype,
+                   "voxel_size": stack.voxel_size, "names": stack.names,
+                   "pyramid_levels": cfg.output.pyramid_levels}
+    journal = state / "journal"
+    done = _read_journal(journal, n) if resuming else {}
+    if not (resuming and out_stack.exists()):
+        create_writer(**writer_spec)
+    todo = [z for z in range(n) if z not in done]
+    block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
+    job = _Job(stack, open_stack(cfg.prealigned) if cfg.prealigned else None,
+               np.array([s.prealign for s in pre_tf.slices]), [s.status for s in pre_tf.slices], canvas, cfg,
+               writer_spec, journal)
+    if done:
+        log.info("resuming: %d of %d slices already done, %d to compute", len(done), n, len(todo))
+    results = dict(done)
+    executor, close = _executor(cfg, workers)
+    try:
+        with tqdm(total=n, initial=len(done), desc=f"register ({cfg.register.backend})", unit="slice",
+                  disable=not progress) as bar:
+            for entries in _map_blocks(executor, job, _blocks(todo, block)):
+                for e in entries:
+                    results[e["index"]] = e
+                bar.update(len(entries))
+    finally:
+        close()
+
+    # Assemble transforms.json last: its presence marks a complete run.
+    slices = []
+    totals = dict.fromkeys(STAGES, 0.0)
+    for z in range(n):
+        e = results[z]
+        pre = pre_tf.slices[z]
+        metrics = {**pre.metrics, **e["metrics"]}
+        if pre.status in ("failed",) and e["status"] == "ok":
+            metrics["prealign_status"] = pre.status
+        slices.append(SliceTransform(z, stack.slice_name(z), pre.prealign, np.array(e["affine"]), e["status"], metrics))
+        for k, v in e.get("timings", {}).items():
+            totals[k] += v
+    totals["prealign"] = prealign_seconds
+    per_slice = {k: v / n for k, v in totals.items()}
+    tf = Transforms(canvas, slices, stack.voxel_size,
+                    {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
+                     "timings_per_slice_s": per_slice, "output": out_stack.name})
+    tf.save(out / "transforms.json")
+    counts = {s: sum(x.status == s for x in slices) for s in ("ok", "fallback", "blank", "failed")}
+    log.info("done: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    log.info("time per slice (s): %s", "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items()))
+    return AlignResult(out, out_stack, tf, per_slice, len(todo), cfg)
+
+
+def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iterator[list[dict[str, Any]]]:
+    if executor is None:
+        for a, b in blocks:
+            yield process_block(job, a, b)
+        return
+    if hasattr(executor, "scatter"):  # a dask.distributed Client
+        from distributed import as_completed as dask_completed
+
+        job_future = executor.scatter(job, broadcast=True)
+        futures = [executor.submit(process_block, job_future, a, b, pure=False) for a, b in blocks]
+        for fut in dask_completed(futures):
+            yield fut.result()
+        return
+    futures = [executor.submit(process_block, job, a, b) for a, b in blocks]
+    for fut in as_completed(futures):
+        yield fut.result()
+
+
+# -- re-applying saved transforms ----------------------------------------------------------
+
+def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: str = "cubic",
+          out_format: str | None = None, workers: int | None = None, overwrite: bool = False,
+          pattern: str | None = None, dataset: str | None = None, progress: bool = True) -> Path:
+    """Re-apply the affines of ``transforms.json`` to another stack (channel, labels).
+
+    Parameters
+    ----------
+    transforms : path to ``transforms.json``
+    input : stack with the same number of slices as the run's input
+    out : output stack path (``.zarr`` suffix -> OME-Zarr, otherwise a TIFF folder unless
+        ``out_format`` says)
+    order : ``nearest`` keeps label values exactly; ``cubic`` reproduces a run's output
+        bit for bit when applied to the same raw input.
+
+    Returns
+    -------
+    pathlib.Path
+        The written stack.
+    """
+    from tqdm import tqdm
+
+    from .parallel import ordered_map
+
+    tf = load_transforms(transforms)
+    stack = open_stack(input, pattern=pattern, dataset=dataset)
+    if len(stack) != len(tf.slices):
+        raise ValueError(f"{input} has {len(stack)} slices but {transforms} has {len(tf.slices)}; they must match")
+    out = Path(out)
+    fmt = out_format or ("zarr" if out.suffix == ".zarr" else "tiff")
+    occupied = (out.is_dir() and any(out.iterdir())) or out.is_file()
+    if occupied:
+        if not overwrite:
+            raise ValueError(f"{out} exists; choose a new path or pass --overwrite")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    canvas = tuple(tf.canvas_shape_yx)
+    writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, stack.voxel_size or tf.voxel_size,
+                           names=stack.names)
+
+    def one(z: int) -> None:
+        writer.write(z, warp_slice(stack.read(z), tf.slices[z].affine, canvas, order))
+
+    with tqdm(total=len(stack), desc="apply", unit="slice", disable=not progress) as bar:
+        for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
+            bar.update(1)
+    return out
+
+
+def config_from_out(out: str | Path) -> RunConfig:
+    """The resolved config of a finished run."""
+    return build_config(Path(out) / "config.yaml")
+
+
+__all__ = ["align", "apply", "AlignResult", "process_block", "config_from_out"]

@@ -1,0 +1,73 @@
+"""AMST step 3: register each raw slice to its template slice with an affine.
+
+Back-ends share one signature: ``(raw, template, template_mask, initial, params) ->
+RegistrationResult`` with the full output -> raw affine. :func:`check_result` applies the
+per-slice sanity checks that turn a bad registration into a ``fallback``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..transform import apply_to_points, compose, decompose, invert
+from .base import RegistrationResult
+
+BACKENDS = ("elastix", "fast")
+
+
+def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None,
+             initial: np.ndarray, params: dict[str, Any] | None = None) -> RegistrationResult:
+    """Run the named back-end (imported lazily: elastix loads ITK)."""
+    if backend == "elastix":
+        from .elastix import register_elastix
+
+        return register_elastix(raw, template, template_mask, initial, params)
+    if backend == "fast":
+        from .fast import register_fast
+
+        return register_fast(raw, template, template_mask, initial, params)
+    raise ValueError(f"register.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+
+
+def sampled_ncc(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, affine: np.ndarray, step: int = 4) -> float:
+    """NCC between the template and the raw slice warped by ``affine``, on a grid of ``step`` px."""
+    h, w = template.shape
+    gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+    pts = apply_to_points(affine, np.stack([gx.ravel(), gy.ravel()], 1)).astype(np.float32)
+    sampled = cv2.remap(raw.astype(np.float32), pts[:, 0].reshape(gx.shape), pts[:, 1].reshape(gx.shape),
+                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    t = template[::step, ::step]
+    m = mask[::step, ::step] & np.isfinite(sampled) & np.isfinite(t)
+    if m.sum() < 16:
+        return float("nan")
+    a, b = sampled[m] - sampled[m].mean(), t[m] - t[m].mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], max_scale_change: float,
+                 max_shear: float, max_shift_px: float, ncc_before: float, ncc_after: float,
+                 min_ncc_gain: float) -> str:
+    """Empty string if the registration is plausible, else the reason to fall back."""
+    correction = compose(invert(initial), result)
+    d = decompose(correction)
+    if abs(d["scale_x"] - 1) > max_scale_change or abs(d["scale_y"] - 1) > max_scale_change:
+        return f"scale change {d['scale_x']:.4f}/{d['scale_y']:.4f} exceeds {max_scale_change}"
+    if abs(d["shear"]) > max_shear:
+        return f"shear {d['shear']:.4f} exceeds {max_shear}"
+    h, w = canvas_shape_yx
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
+    shift = np.linalg.norm(apply_to_points(correction, corners) - corners, axis=1).max()
+    if shift > max_shift_px:
+        return f"moves pixels by {shift:.1f} px (> {max_shift_px})"
+    if not np.isfinite(ncc_after):
+        return "no overlap with the template"
+    if np.isfinite(ncc_before) and ncc_after - ncc_before < min_ncc_gain:
+        return f"similarity to the template fell ({ncc_before:.4f} -> {ncc_after:.4f})"
+    return ""
+
+
+__all__ = ["register", "check_result", "sampled_ncc", "RegistrationResult", "BACKENDS"]
