@@ -29,16 +29,20 @@ class InputConfig:
 @dataclass
 class TemplateConfig:
     median_radius: int = 7
+    leave_one_out: bool = True
 
 
 @dataclass
 class RegisterConfig:
     backend: str = "elastix"
     elastix: dict[str, Any] = field(default_factory=dict)
+    fast: dict[str, Any] = field(default_factory=dict)
     max_scale_change: float = 0.05
     max_shear: float = 0.05
     max_shift_px: float = 25.0
-    min_ncc_gain: float = -0.002
+    min_ncc_gain: float = -0.05
+    min_ncc: float = 0.2
+    passes: int = 2
 
 
 @dataclass
@@ -77,6 +81,8 @@ class RunConfig:
         _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
         if self.template.median_radius < 0:
             raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
+        if self.register.passes not in (1, 2):
+            raise ValueError(f"register.passes: {self.register.passes} must be 1 or 2")
         if self.output.pyramid_levels < 1:
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
         if self.execution.workers is not None and self.execution.workers < 1:
@@ -106,7 +112,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "min_score": "prealign.min_score", "gaps": "prealign.gaps", "canvas": "prealign.canvas",
     "xcorr_prefilter": "prealign.xcorr_prefilter", "max_features": "prealign.max_features",
     "prealigned": "prealigned", "median_radius": "template.median_radius",
-    "backend": "register.backend", "order": "warp.order", "out_format": "output.out_format",
+    "backend": "register.backend", "passes": "register.passes", "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler",
 }

@@ -59,15 +59,16 @@ class AlignResult:
 
 @dataclass
 class _Job:
-    """Everything a worker needs; small and picklable (no pixel data)."""
+    """Everything a worker needs for one pass; small and picklable (no pixel data)."""
 
     stack: Stack
     prealigned_stack: Stack | None
-    prealign_affines: np.ndarray
-    prealign_status: list[str]
+    prealign_affines: np.ndarray   # the fallback, and the bounds of the sanity checks
+    template_affines: np.ndarray   # how slices are placed to build the template
+    initial_affines: np.ndarray    # where registration starts
     canvas: tuple[int, int]
     cfg: RunConfig
-    writer: dict[str, Any]
+    writer: dict[str, Any] | None  # None: this pass only measures (no output written)
     journal: Path
 
 
@@ -162,7 +163,7 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     radius = cfg.template.median_radius
     lo, _ = window_bounds(first, n, radius)
     _, hi = window_bounds(last - 1, n, radius)
-    writer = create_writer(**job.writer, mode="a")
+    writer = create_writer(**job.writer, mode="a") if job.writer else None
     raws: dict[int, np.ndarray] = {}
     timings: dict[int, dict[str, float]] = {z: dict.fromkeys(STAGES, 0.0) for z in range(first, last)}
     template_time = [0.0]
@@ -176,10 +177,10 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
                 raws[z] = raw
                 timings[z]["read"] += t_read
             t0 = time.perf_counter()
-            if job.prealigned_stack is not None:
+            if job.prealigned_stack is not None and job.template_affines is job.prealign_affines:
                 pre = job.prealigned_stack.read(z).astype(np.float32)
             else:
-                pre = _prealigned_float(raw, job.prealign_affines[z], job.canvas)
+                pre = _prealigned_float(raw, job.template_affines[z], job.canvas)
             if is_blank(raw):
                 pre = np.full(job.canvas, np.nan, np.float32)  # a blank slice must not pull the median
             template_time[0] += time.perf_counter() - t0
@@ -187,18 +188,18 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
 
     results = []
     t_start = time.perf_counter()
-    for z, template in sliding_templates(stream(), lo, n, radius, first, last):
+    for z, template in sliding_templates(stream(), lo, n, radius, first, last, cfg.template.leave_one_out):
         t_templ = time.perf_counter() - t_start
         timings[z]["template"] += t_templ
         raw = raws.pop(z)
         entry = _register_slice(job, z, raw, template, timings[z])
-        t0 = time.perf_counter()
-        affine = np.array(entry["affine"])
-        out = warp_slice(raw, affine, job.canvas, cfg.warp.order)
-        timings[z]["warp"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        writer.write(z, out)
-        timings[z]["write"] += time.perf_counter() - t0
+        if writer is not None:
+            t0 = time.perf_counter()
+            out = warp_slice(raw, np.array(entry["affine"]), job.canvas, cfg.warp.order)
+            timings[z]["warp"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer.write(z, out)
+            timings[z]["write"] += time.perf_counter() - t0
         entry["timings"] = timings[z]
         _atomic_write(_journal_entry(job.journal, z), json.dumps(entry))
         results.append(entry)
@@ -212,34 +213,37 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
 def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
                     timing: dict[str, float]) -> dict[str, Any]:
     cfg = job.cfg
-    initial = job.prealign_affines[z]
+    prealigned = job.prealign_affines[z]
+    initial = job.initial_affines[z]
     metrics: dict[str, Any] = {}
     if is_blank(raw):
-        return {"index": z, "affine": initial.tolist(), "status": "blank", "metrics": {"reason": "blank slice"}}
+        return {"index": z, "affine": prealigned.tolist(), "status": "blank", "metrics": {"reason": "blank slice"}}
     mask = np.isfinite(template)
     if mask.mean() < 0.05:
-        return {"index": z, "affine": initial.tolist(), "status": "fallback",
+        return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
                 "metrics": {"reason": "template covers < 5 % of the canvas"}}
     filled = np.where(mask, template, float(np.nanmedian(template))).astype(np.float32)
     raw_f = _finite(raw)
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
-        result = register(cfg.register.backend, raw_f, filled, mask, initial, cfg.register.elastix)
+        params = cfg.register.elastix if cfg.register.backend == "elastix" else cfg.register.fast
+        result = register(cfg.register.backend, raw_f, filled, mask, initial, params)
         affine = result.affine
         metrics.update(result.metrics)
     except Exception as exc:  # a failed registration must not stop the run: keep the pre-alignment
-        affine, status, reason = initial, "fallback", f"registration failed: {exc}"
+        affine, status, reason = prealigned, "fallback", f"registration failed: {exc}"
     timing["register"] += time.perf_counter() - t0
-    ncc_before = sampled_ncc(raw_f, filled, mask, initial)
+    ncc_before = sampled_ncc(raw_f, filled, mask, prealigned)
     metrics["ncc_prealign"] = ncc_before
     if status == "ok":
         ncc_after = sampled_ncc(raw_f, filled, mask, affine)
         metrics["ncc_final"] = ncc_after
-        reason = check_result(affine, initial, job.canvas, cfg.register.max_scale_change, cfg.register.max_shear,
-                              cfg.register.max_shift_px, ncc_before, ncc_after, cfg.register.min_ncc_gain)
+        reason = check_result(affine, prealigned, job.canvas, cfg.register.max_scale_change, cfg.register.max_shear,
+                              cfg.register.max_shift_px, ncc_before, ncc_after, cfg.register.min_ncc_gain,
+                              cfg.register.min_ncc)
         if reason:
-            status, affine = "fallback", initial
+            status, affine = "fallback", prealigned
     if reason:
         metrics["reason"] = reason
     return {"index": z, "affine": np.asarray(affine).tolist(), "status": status, "metrics": metrics}
@@ -387,31 +391,46 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     log.info("pre-alignment (%s): canvas %dx%d, %d slice(s) not ok", cfg.prealigned and "prealigned" or cfg.prealign.method,
              canvas[0], canvas[1], sum(s.status != "ok" for s in pre_tf.slices))
 
-    # Steps 2-3 + warp + write, by blocks of slices.
+    # Steps 2-3 + warp + write, by blocks of slices; with two passes, the first pass only
+    # measures, and the second builds its template from the slices the first pass corrected
+    # (auto-focus slices then no longer distort their neighbours' templates).
     out_stack = out / _output_name(cfg)
     writer_spec = {"path": out_stack, "fmt": cfg.output.out_format, "shape": (n, *canvas), "dtype": stack.dtype,
                    "voxel_size": stack.voxel_size, "names": stack.names,
                    "pyramid_levels": cfg.output.pyramid_levels}
-    journal = state / "journal"
-    done = _read_journal(journal, n) if resuming else {}
+    prealign_affines = np.array([s.prealign for s in pre_tf.slices])
+    prealigned_stack = open_stack(cfg.prealigned) if cfg.prealigned else None
     if not (resuming and out_stack.exists()):
         create_writer(**writer_spec)
-    todo = [z for z in range(n) if z not in done]
-    block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
-    job = _Job(stack, open_stack(cfg.prealigned) if cfg.prealigned else None,
-               np.array([s.prealign for s in pre_tf.slices]), [s.status for s in pre_tf.slices], canvas, cfg,
-               writer_spec, journal)
-    if done:
-        log.info("resuming: %d of %d slices already done, %d to compute", len(done), n, len(todo))
-    results = dict(done)
+    passes = cfg.register.passes
+    template_affines = prealign_affines
+    todo: list[int] = []
+    results: dict[int, dict[str, Any]] = {}
+    done: dict[int, dict[str, Any]] = {}
     executor, close = _executor(cfg, workers)
     try:
-        with tqdm(total=n, initial=len(done), desc=f"register ({cfg.register.backend})", unit="slice",
-                  disable=not progress) as bar:
-            for entries in _map_blocks(executor, job, _blocks(todo, block)):
-                for e in entries:
-                    results[e["index"]] = e
-                bar.update(len(entries))
+        for pass_index in range(1, passes + 1):
+            final = pass_index == passes
+            journal = state / ("journal" if final else f"journal_pass{pass_index}")
+            journal.mkdir(parents=True, exist_ok=True)
+            done = _read_journal(journal, n) if resuming else {}
+            todo = [z for z in range(n) if z not in done]
+            block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
+            job = _Job(stack, prealigned_stack, prealign_affines, template_affines,
+                       template_affines if pass_index > 1 else prealign_affines, canvas, cfg,
+                       writer_spec if final else None, journal)
+            if done:
+                log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
+            results = dict(done)
+            label = f"register ({cfg.register.backend}" + (f", pass {pass_index}/{passes})" if passes > 1 else ")")
+            with tqdm(total=n, initial=len(done), desc=label, unit="slice", disable=not progress) as bar:
+                for entries in _map_blocks(executor, job, _blocks(todo, block)):
+                    for e in entries:
+                        results[e["index"]] = e
+                    bar.update(len(entries))
+            if not final:
+                template_affines = np.array([results[z]["affine"] if results[z]["status"] == "ok"
+                                             else prealign_affines[z] for z in range(n)])
     finally:
         close()
 

@@ -1,9 +1,11 @@
 """AMST step 2: the template, a median of the pre-aligned stack along z only.
 
 Canvas pixels that a slice does not cover are NaN and are excluded from the median
-(masked), never counted as zeros. At the stack ends the window is truncated to the
-slices that exist (slice 0 uses slices 0..r): no mirrored or repeated slices, so the end
-slices do not get extra weight.
+(masked), never counted as zeros. At the stack ends the window is mirrored (slice 0 uses
+slices r..1, 0, 1..r): the window stays centred on the slice, so the template shows that
+slice's own morphology. A truncated window (0..r for slice 0) would be centred r/2 slices
+away, and structures that move with depth would pull the end slices sideways; we measured
+that bias on synthetic stacks. Stacks shorter than r + 1 slices fall back to truncation.
 """
 
 from __future__ import annotations
@@ -33,13 +35,35 @@ def masked_median(window: np.ndarray) -> np.ndarray:
     return med
 
 
+def window_indices(z: int, n: int, radius: int, leave_out: bool = False) -> list[int]:
+    """Slices in the median window of ``z``: mirrored at the ends (see the module docstring).
+
+    With ``leave_out`` the slice itself is left out of its own template, so that a
+    distorted slice (auto-focus) does not pull the template towards its own distortion.
+    """
+    if n <= radius:
+        out = list(range(max(0, z - radius), min(n, z + radius + 1)))
+    else:
+        out = []
+        for i in range(z - radius, z + radius + 1):
+            if i < 0:
+                i = -i
+            elif i > n - 1:
+                i = 2 * (n - 1) - i
+            out.append(i)
+    if leave_out and len(out) > 1:
+        out = [i for i in out if i != z]
+    return out
+
+
 def window_bounds(z: int, n: int, radius: int) -> tuple[int, int]:
-    """Slices ``[start, stop)`` of the (truncated) median window of slice ``z``."""
-    return max(0, z - radius), min(n, z + radius + 1)
+    """Slices ``[start, stop)`` that the median window of slice ``z`` reads."""
+    idx = window_indices(z, n, radius)
+    return min(idx), max(idx) + 1
 
 
 def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: int,
-                      first: int, last: int) -> Iterator[tuple[int, np.ndarray]]:
+                      first: int, last: int, leave_out: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Templates for slices ``first..last-1`` from pre-aligned slices streamed in z order.
 
     Parameters
@@ -66,7 +90,9 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
                 break
             while window and window[0][0] < lo:
                 window.popleft()
-            yield z_next, masked_median(np.stack([im for j, im in window if lo <= j < hi]))
+            images = {j: im for j, im in window}
+            members = window_indices(z_next, n, radius, leave_out)
+            yield z_next, masked_median(np.stack([images[j] for j in members]))
             z_next += 1
         if z_next >= last:
             return

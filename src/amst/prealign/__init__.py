@@ -39,6 +39,7 @@ class PrealignConfig:
     roi_slice: int | None = None
     search_margin: int = 64
     min_score: float = 0.5
+    tm_sigma: float = 1.5
     peak_fit: str = "gaussian"
     gaps: tuple[int, ...] = (1, 2, 4, 8, 16)
     xcorr_prefilter: str = "gaussian"
@@ -139,7 +140,8 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
     if not 0 <= roi_slice < n:
         raise ValueError(f"roi_slice {roi_slice} is outside the stack (0..{n - 1})")
     if cfg.roi in (None, "auto"):
-        roi = propose_roi(stack.read(roi_slice))
+        others = [stack.read(z) for z in sorted({max(0, roi_slice - 10), min(n - 1, roi_slice + 10)} - {roi_slice})]
+        roi = propose_roi(stack.read(roi_slice), others)
         log.info("template ROI (auto, slice %d): x=%d y=%d w=%d h=%d px; pass --roi to choose another",
                  roi_slice, *roi)
     else:
@@ -152,7 +154,7 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
             vs = stack.voxel_size
             roi = (roi[0] / vs.x, roi[1] / vs.y, roi[2] / vs.x, roi[3] / vs.y)
     tracked = track_template(stack, roi, roi_slice, cfg.search_margin, cfg.min_score, cfg.peak_fit,
-                             workers, progress)
+                             workers, progress, cfg.tm_sigma)
     ok = ~np.isnan(tracked.positions[:, 0])
     translations = tracked.positions - tracked.positions[roi_slice]
     translations = _interpolate(translations, ok)

@@ -39,14 +39,19 @@ def match_template(search: np.ndarray, template: np.ndarray, peak_fit: str = "ga
 
 def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice: int, search_margin: int = 64,
                    min_score: float = 0.5, peak_fit: str = "gaussian", workers: int = 1,
-                   progress: Callable[[int], None] | None = None) -> TrackResult:
+                   progress: Callable[[int], None] | None = None, sigma: float = 1.5) -> TrackResult:
     """Find the ROI of ``roi_slice`` in every slice, searching around its last position.
 
     Tracking runs outward from ``roi_slice`` in both directions. A slice whose peak is
     below ``min_score`` (or that is blank) is a failed measurement: its position is NaN
     and the search for the next slice stays where the last good one was. A peak on the
-    edge of the search window triggers one wider search.
+    edge of the search window triggers one wider search. Both the template and the slices
+    are smoothed with a Gaussian of ``sigma`` px first: FIB-SEM shot noise otherwise caps
+    the NCC of thin marks near 0.4 (measured on ``amst synth``); smoothing both alike
+    does not move the peak.
     """
+    smooth = (lambda im: cv2.GaussianBlur(im.astype(np.float32), (0, 0), sigma)) if sigma > 0 else \
+        (lambda im: im.astype(np.float32))
     n, h, w = stack.shape
     x0, y0, rw, rh = (int(round(v)) for v in roi_xywh)
     if rw < 8 or rh < 8 or x0 < 0 or y0 < 0 or x0 + rw > w or y0 + rh > h:
@@ -54,7 +59,7 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
             f"template ROI x={x0} y={y0} w={rw} h={rh} is not inside slice {roi_slice} ({w}x{h} px) "
             "or is smaller than 8 px; choose a region on the alignment marks"
         )
-    reference = stack.read(roi_slice).astype(np.float32)
+    reference = smooth(stack.read(roi_slice))
     template = reference[y0:y0 + rh, x0:x0 + rw]
     if is_blank(template) or float(template.std()) < 1e-6:
         raise ValueError(f"template ROI x={x0} y={y0} w={rw} h={rh} in slice {roi_slice} is featureless; "
@@ -69,7 +74,7 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
             if is_blank(image):
                 blank[z], reasons[z] = True, "blank slice"
             else:
-                found = _search(image.astype(np.float32), template, last, search_margin, peak_fit)
+                found = _search(smooth(image), template, last, search_margin, peak_fit)
                 scores[z] = found[2]
                 if found[2] >= min_score:
                     positions[z] = found[:2]
@@ -101,12 +106,15 @@ def _search(image: np.ndarray, template: np.ndarray, last_xy: np.ndarray, margin
     return sx0 + x, sy0 + y, peak
 
 
-def propose_roi(image: np.ndarray, band_fraction: float = 0.3, size_yx: tuple[int, int] | None = None,
-                margin_x: int = 64) -> tuple[int, int, int, int]:
-    """The most distinctive region in the top band of ``image`` (where FIB marks usually are).
+def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_fraction: float = 0.3,
+                size_yx: tuple[int, int] | None = None, margin_x: int = 64) -> tuple[int, int, int, int]:
+    """The most distinctive, z-stable region in the top band of ``image`` (where FIB marks are).
 
-    Candidates keep ``margin_x`` px from the left and right edges (room for drift) and are scored by contrast times distinctiveness: one minus the highest NCC of
-    the window with itself shifted by more than 2 px (repetitive or flat regions score low).
+    A candidate window scores ``distinctiveness * stability``: distinctiveness is one minus
+    the highest NCC of the window with itself shifted by more than 2 px (flat or repetitive
+    regions score low); stability is the lowest NCC peak of the window in the ``others``
+    slices (e.g. 10 slices away), searched nearby. Marks are fixed in space and keep their
+    look; cell content changes with depth, so it loses on stability.
 
     Returns
     -------
@@ -114,29 +122,33 @@ def propose_roi(image: np.ndarray, band_fraction: float = 0.3, size_yx: tuple[in
         ``(x, y, w, h)`` in pixels.
     """
     # Smooth first so that shot noise does not look "distinctive".
-    img = cv2.GaussianBlur(np.asarray(image, dtype=np.float32), (0, 0), 2.0)
+    blur = lambda im: cv2.GaussianBlur(np.asarray(im, dtype=np.float32), (0, 0), 2.0)  # noqa: E731
+    img = blur(image)
+    others_f = [blur(o) for o in (others or [])]
     h, w = img.shape
     band = max(16, int(h * band_fraction))
     rh, rw = size_yx or (min(128, max(16, band // 3)), min(1000, max(32, w // 2)))
     rh, rw = min(rh, band), min(rw, w - 2 * min(margin_x, w // 4))
     pad = 24
+    noise = float(np.std(img - cv2.GaussianBlur(img, (0, 0), 3.0)))
     best, best_score = (0, 0, rw, rh), -np.inf
     y_start = min(16, band // 8)
+    mx = min(margin_x, max(0, (w - rw) // 2))
     for y in range(y_start, max(y_start + 1, band - rh + 1), max(1, rh // 4)):
-        mx = min(margin_x, max(0, (w - rw) // 2))
         for x in range(mx, max(mx + 1, w - rw - mx + 1), max(1, rw // 8)):
             win = img[y:y + rh, x:x + rw]
-            contrast = float(win.std())
-            if contrast < 1e-6:
+            if float(win.std()) < 0.5 * noise + 1e-6:
                 continue
             sy0, sx0 = max(0, y - pad), max(0, x - pad)
-            region = img[sy0:min(h, y + rh + pad), sx0:min(w, x + rw + pad)]
-            ncc = cv2.matchTemplate(region, win, cv2.TM_CCOEFF_NORMED)
+            sy1, sx1 = min(h, y + rh + pad), min(w, x + rw + pad)
+            ncc = cv2.matchTemplate(img[sy0:sy1, sx0:sx1], win, cv2.TM_CCOEFF_NORMED)
             cy, cx = y - sy0, x - sx0
             ncc[max(0, cy - 2):cy + 3, max(0, cx - 2):cx + 3] = -1
             distinct = 1.0 - float(ncc.max()) if ncc.size > 25 else 0.0
-            score = contrast * distinct
+            stable = min((float(cv2.matchTemplate(o[sy0:sy1, sx0:sx1], win, cv2.TM_CCOEFF_NORMED).max())
+                          for o in others_f), default=1.0)
+            score = distinct * max(stable, 0.0)
             if score > best_score:
                 best, best_score = (x, y, rw, rh), score
-    log.info("proposed template ROI x=%d y=%d w=%d h=%d", *best)
+    log.info("proposed template ROI x=%d y=%d w=%d h=%d (score %.2f)", *best, best_score)
     return best

@@ -50,7 +50,7 @@ def sampled_ncc(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, affine:
 
 def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], max_scale_change: float,
                  max_shear: float, max_shift_px: float, ncc_before: float, ncc_after: float,
-                 min_ncc_gain: float) -> str:
+                 min_ncc_gain: float, min_ncc: float = 0.0) -> str:
     """Empty string if the registration is plausible, else the reason to fall back."""
     correction = compose(invert(initial), result)
     d = decompose(correction)
@@ -65,6 +65,8 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
         return f"moves pixels by {shift:.1f} px (> {max_shift_px})"
     if not np.isfinite(ncc_after):
         return "no overlap with the template"
+    if ncc_after < min_ncc:
+        return f"does not resemble its template (NCC {ncc_after:.3f} < {min_ncc})"
     if np.isfinite(ncc_before) and ncc_after - ncc_before < min_ncc_gain:
         return f"similarity to the template fell ({ncc_before:.4f} -> {ncc_after:.4f})"
     return ""
