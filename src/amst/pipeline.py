@@ -66,6 +66,7 @@ class _Job:
     prealign_affines: np.ndarray   # the fallback, and the bounds of the sanity checks
     template_affines: np.ndarray   # how slices are placed to build the template
     initial_affines: np.ndarray    # where registration starts
+    excluded: np.ndarray           # slices kept out of every template (blank, failed, noise)
     canvas: tuple[int, int]
     cfg: RunConfig
     writer: dict[str, Any] | None  # None: this pass only measures (no output written)
@@ -181,8 +182,8 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
                 pre = job.prealigned_stack.read(z).astype(np.float32)
             else:
                 pre = _prealigned_float(raw, job.template_affines[z], job.canvas)
-            if is_blank(raw):
-                pre = np.full(job.canvas, np.nan, np.float32)  # a blank slice must not pull the median
+            if job.excluded[z] or is_blank(raw):
+                pre = np.full(job.canvas, np.nan, np.float32)  # a bad slice must not pull the median
             template_time[0] += time.perf_counter() - t0
             yield pre
 
@@ -404,6 +405,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
         create_writer(**writer_spec)
     passes = cfg.register.passes
     template_affines = prealign_affines
+    excluded = np.array([s.status != "ok" for s in pre_tf.slices])
     todo: list[int] = []
     results: dict[int, dict[str, Any]] = {}
     done: dict[int, dict[str, Any]] = {}
@@ -417,7 +419,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
             todo = [z for z in range(n) if z not in done]
             block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
             job = _Job(stack, prealigned_stack, prealign_affines, template_affines,
-                       template_affines if pass_index > 1 else prealign_affines, canvas, cfg,
+                       template_affines if pass_index > 1 else prealign_affines, excluded, canvas, cfg,
                        writer_spec if final else None, journal)
             if done:
                 log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
@@ -429,8 +431,9 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
                         results[e["index"]] = e
                     bar.update(len(entries))
             if not final:
-                template_affines = np.array([results[z]["affine"] if results[z]["status"] == "ok"
-                                             else prealign_affines[z] for z in range(n)])
+                ok = np.array([results[z]["status"] == "ok" for z in range(n)])
+                template_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
+                excluded = excluded | ~ok
     finally:
         close()
 

@@ -27,7 +27,7 @@ class SolveResult:
     unconstrained: np.ndarray    # (n,) bool: slices with no usable pair (interpolated)
 
 
-def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: int = 10,
+def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: int = 20,
                     outlier_threshold: float = 1.0, excluded: np.ndarray | None = None) -> SolveResult:
     """Find translations ``t`` with ``t_j - t_i ~= d_ij`` for every usable pair.
 
@@ -40,7 +40,7 @@ def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: i
     reference : int
         Slice whose translation is 0 (the first usable slice if that one is excluded).
     iterations : int
-        IRLS iterations with Tukey's biweight.
+        IRLS iterations: the first half with Huber weights, the rest with Tukey's biweight.
     outlier_threshold : float
         Pairs whose residual exceeds this many px (after the robust fit) are reported.
     excluded : (n,) bool array, optional
@@ -69,7 +69,7 @@ def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: i
     positions = np.full((n, 2), np.nan)
     components = _components(n, i, j, touched)
     weights = prior.copy()
-    for _ in range(max(1, iterations)):
+    for it in range(max(1, iterations)):
         positions[:] = np.nan
         for comp in components:
             ref = reference if reference in comp else comp[0]
@@ -77,8 +77,14 @@ def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: i
         resid = positions[j] - positions[i] - d
         r = np.linalg.norm(resid, axis=1)
         scale = max(1.4826 * np.median(r) if r.size else 0.0, 0.05)
-        c = 4.685 * scale
-        weights = prior * np.where(r < c, (1 - (r / c) ** 2) ** 2, 0.0)
+        if it < iterations // 2:
+            # Huber first (convex: cannot lock onto a solution pulled by gross outliers) ...
+            k = 1.345 * scale
+            weights = prior * np.minimum(1.0, k / np.maximum(r, 1e-12))
+        else:
+            # ... then Tukey's biweight, which rejects them entirely.
+            c = 4.685 * scale
+            weights = prior * np.where(r < c, (1 - (r / c) ** 2) ** 2, 0.0)
         weights = np.maximum(weights, 1e-6 * prior)  # keep the system connected
     # Components other than the reference's are placed by interpolation across the gap.
     positions = _fill_gaps(positions, components, reference)

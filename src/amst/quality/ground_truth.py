@@ -4,7 +4,7 @@ For slice z the alignment maps an output pixel to raw (``A_z``) and the ground t
 raw to the undistorted volume (``G_z``), so ``C_z = G_z o A_z`` maps output to volume. A
 perfect alignment has the same ``C_z`` for every slice, up to one global transform. The
 error of slice z at output pixel p is ``C_z(p) - C(p)``, with ``C`` the single affine that
-best fits all slices (least squares over the sampled canvas).
+best fits all slices (robustly: the element-wise median of the slices' maps).
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def slice_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tupl
     comp = output_to_volume(affines, gt_maps)
     n = len(comp)
     use = np.ones(n, dtype=bool) if exclude is None else ~exclude
-    # The least-squares affine over identical point sets is the mean of the matrices; the
-    # points differ a little per slice (coverage), the mean is the global fit we report.
-    global_map = comp[use].mean(axis=0)
+    # The global transform is the element-wise median of the slices' maps: a least-squares
+    # fit (the mean) would let a few auto-focus slices shift every other slice's error.
+    global_map = np.median(comp[use], axis=0)
     rms, mx = np.zeros(n), np.zeros(n)
     centre = np.zeros((n, 2))
     rh, rw = raw_shape_yx

@@ -174,6 +174,12 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     raw = np.ascontiguousarray(raw, dtype=np.float32)
     template = np.ascontiguousarray(template, dtype=np.float32)
     mask = np.ones(template.shape, bool) if template_mask is None else np.asarray(template_mask, bool)
+    if not mask.all():
+        # Masked pixels must not leak into valid ones through smoothing, gradients or the
+        # pyramid: give them a neutral value and keep samples a kernel away from them.
+        template = np.where(mask, template, np.float32(template[mask].mean() if mask.any() else 0.0))
+        r = int(np.ceil(3 * p.smooth_sigma)) + 2
+        mask = cv2.erode(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
     if p.smooth_sigma > 0:
         raw = cv2.GaussianBlur(raw, (0, 0), p.smooth_sigma)
         template = cv2.GaussianBlur(template, (0, 0), p.smooth_sigma)

@@ -1,0 +1,50 @@
+import warnings
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amst.template import masked_median, sliding_templates, window_indices
+
+
+@given(st.integers(1, 15), st.integers(1, 6), st.integers(0, 2**31 - 1), st.floats(0, 0.9))
+@settings(max_examples=60, deadline=None)
+def test_masked_median_equals_nanmedian(depth, size, seed, nan_fraction):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 255, (depth, size, size)).astype(np.float32)
+    w[rng.random(w.shape) < nan_fraction] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(w, axis=0)
+    np.testing.assert_array_equal(masked_median(w), expected.astype(np.float32))
+
+
+def test_uncovered_pixels_are_not_zeros():
+    w = np.full((5, 2, 2), 100.0, np.float32)
+    w[:3, 0, 0] = np.nan  # three slices do not cover this pixel
+    assert masked_median(w)[0, 0] == 100.0
+
+
+def test_window_is_mirrored_at_ends_and_leaves_out_the_slice():
+    assert window_indices(0, 20, 3) == [3, 2, 1, 0, 1, 2, 3]
+    assert window_indices(19, 20, 3) == [16, 17, 18, 19, 18, 17, 16]
+    assert window_indices(10, 20, 3, leave_out=True) == [7, 8, 9, 11, 12, 13]
+    assert window_indices(1, 3, 7) == [0, 1, 2]  # shorter than the window: truncated
+
+
+def test_sliding_templates_match_direct_medians_and_stream():
+    rng = np.random.default_rng(0)
+    n, r = 25, 7
+    slices = [rng.random((6, 6)).astype(np.float32) for _ in range(n)]
+    consumed = []
+
+    def stream(start):
+        for z in range(start, n):
+            consumed.append(z)
+            yield slices[z]
+
+    out = dict(sliding_templates(stream(3), 3, n, r, 10, 14, leave_out=True))
+    assert sorted(out) == [10, 11, 12, 13]
+    for z, t in out.items():
+        np.testing.assert_array_equal(t, np.median(np.stack([slices[i] for i in window_indices(z, n, r, True)]), axis=0))
+    assert max(consumed) == 13 + r  # reads only what the last window needs
