@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--prealign", default="tm")
     ap.add_argument("--backends", nargs="+", default=["fast"])
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--passes", type=int, nargs="+", default=[2], help="registration passes to compare")
     ap.add_argument("--json", default=None, help="write all figures here")
     args = ap.parse_args()
     data = Path(args.data)
@@ -49,17 +50,17 @@ def main() -> None:
     raw_shape = tuple(gt["shape_zyx"][1:])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in args.backends:
+        for backend, passes in [(b, p) for b in args.backends for p in args.passes]:
             t0 = time.perf_counter()
-            res = align(data / "raw", Path(tmp) / backend, prealign=args.prealign, backend=backend,
-                        workers=args.workers, progress=False)
+            res = align(data / "raw", Path(tmp) / f"{backend}{passes}", prealign=args.prealign, backend=backend,
+                        passes=passes, workers=args.workers, progress=False)
             seconds = time.perf_counter() - t0
             tf = res.transforms
             if not rows:
                 pre = np.array([s.prealign for s in tf.slices])
                 rows.append(summarise(f"{args.prealign} only", pre, tf.canvas_shape_yx, raw_shape, gt,
                                       ["ok"] * len(pre), res.timings_per_slice["prealign"] * len(pre)))
-            rows.append(summarise(f"AMST {backend}", tf.affines, tf.canvas_shape_yx, raw_shape, gt, res.statuses, seconds))
+            rows.append(summarise(f"AMST {backend} x{passes}", tf.affines, tf.canvas_shape_yx, raw_shape, gt, res.statuses, seconds))
     print(f"data: {data} ({gt['shape_zyx']}, preset {gt['preset']})")
     print(f"{'method':<16}{'median':>8}{'p95':>8}{'max':>8}{'AF mean':>9}{'non-AF med':>11}{'drift':>8}{'fallback':>9}{'time s':>9}")
     for r in rows:

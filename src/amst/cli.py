@@ -206,6 +206,8 @@ def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -
 @click.option("--prealigned", default=None, help="A stack aligned elsewhere (e.g. Fiji) to build the template from.")
 @click.option("--backend", type=click.Choice(["elastix", "fast"]), default=None, help="Affine back-end.")
 @click.option("--median-radius", type=int, default=None, help="Template median radius in slices (default 7).")
+@click.option("--passes", type=click.IntRange(1, 2), default=None,
+              help="Registration passes (default 2: the second builds its template from corrected slices).")
 @click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default=None)
 @click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None)
 @click.option("--pyramid-levels", type=int, default=None)
@@ -214,13 +216,20 @@ def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config.")
 @click.option("--overwrite", is_flag=True, help="Replace an OUT that holds a run with other parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--no-report", is_flag=True, help="Skip OUT/report/index.html.")
 @_prealign_options
-def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, **kw) -> None:
+def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_report, **kw) -> None:
     """Align INPUT with AMST into OUT (re-run the same command to resume)."""
     from .pipeline import align
 
     flat = _flat_prealign(kw)
     res = align(input, out, config_file, overwrite=overwrite, progress=not quiet, prealign=prealign_method, **flat)
+    if not no_report:
+        from .quality.report import build_report
+
+        t0 = time.perf_counter()
+        page = build_report(out)
+        click.echo(f"report: {page} ({time.perf_counter() - t0:.1f} s)")
     counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
@@ -262,3 +271,52 @@ def demo(out, backend, workers) -> None:
     from .demo import run_demo
 
     run_demo(Path(out), backend=backend, workers=workers, echo=click.echo)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ground_truth.json of a synthetic stack.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+@click.option("--compare", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Another run: red/cyan overlay of the reslices (first RUN red, this one cyan).")
+@click.option("--crop-size", type=int, default=512, show_default=True)
+@click.option("--report/--no-report", default=False, help="Also (re)build each run's report.")
+def evaluate(runs, truth, json_file, compare, crop_size, report) -> None:
+    """Measure runs: residual per crop, neighbour NCC, ground-truth error; one table."""
+    from .quality.evaluate import comparison_table, evaluate_run, write_json
+
+    t0 = time.perf_counter()
+    evals = [evaluate_run(r, truth, crop_size=crop_size) for r in runs]
+    click.echo(comparison_table(evals))
+    if json_file:
+        write_json(evals, json_file)
+        click.echo(f"figures: {json_file}")
+    if compare:
+        from .quality.plots import save_overlay
+
+        other = evaluate_run(compare, None, crop_size=crop_size)
+        vs = evals[0].transforms.voxel_size
+        target = Path(runs[0]) / "report"
+        target.mkdir(exist_ok=True)
+        for axis in ("xz", "yz"):
+            save_overlay(getattr(evals[0].sweep, f"reslice_{axis}"), getattr(other.sweep, f"reslice_{axis}"),
+                         target / f"compare_{axis}.png", (vs.z / vs.x) if vs else 1.0,
+                         f"{axis}: {Path(runs[0]).name} (red) vs {Path(compare).name} (cyan); grey = agreement")
+        click.echo(f"overlays: {target / 'compare_xz.png'}, {target / 'compare_yz.png'}")
+    if report:
+        from .quality.report import build_report
+
+        for e in evals:
+            click.echo(f"report: {build_report(e.run, truth, e)}")
+    click.echo(f"evaluated in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None)
+def report_cmd(out, truth) -> None:
+    """Rebuild OUT/report/index.html."""
+    from .quality.report import build_report
+
+    click.echo(f"report: {build_report(out, truth)}")

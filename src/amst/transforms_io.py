@@ -89,6 +89,7 @@ def load_transforms(path: str | Path) -> Transforms:
 
 
 def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become null (JSON has no NaN)."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -92,15 +92,21 @@ def register_elastix(raw: np.ndarray, template: np.ndarray, template_mask: np.nd
     params = {**PAPER_PARAMETERS, **(parameters or {})}
     init = as_affine(initial)
     fixed = itk.image_view_from_array(np.ascontiguousarray(template, dtype=np.float32))
-    moving = itk.image_view_from_array(np.ascontiguousarray(raw, dtype=np.float32))
-    # Start from the pre-alignment by placing the moving image in physical space: with
-    # origin -t, physical point p is raw pixel p + t, and elastix starts at identity.
-    # (The linear part of ``initial`` is applied by composition below.)
-    t = init[:, 2]
-    lin = init[:, :2]
-    if not np.allclose(lin, np.eye(2)):
-        raise ValueError("the elastix back-end starts from a translation; got a non-translation initial affine")
-    moving.SetOrigin((float(-t[0]), float(-t[1])))
+    if np.allclose(init[:, :2], np.eye(2)):
+        # A translation start costs nothing: with origin -t, physical point p is raw pixel
+        # p + t, so elastix starts at identity on the untouched raw slice.
+        start = translation(0.0, 0.0)
+        t = init[:, 2]
+        moving = itk.image_view_from_array(np.ascontiguousarray(raw, dtype=np.float32))
+        moving.SetOrigin((float(-t[0]), float(-t[1])))
+    else:
+        # A general affine start (second pass): resample the raw slice onto the canvas once
+        # for the measurement only; the output is still resampled once, from raw.
+        from ..warp import warp_slice
+
+        start, t = init, np.zeros(2)
+        moved = warp_slice(np.asarray(raw, dtype=np.float32), init, template.shape, "cubic")
+        moving = itk.image_view_from_array(np.ascontiguousarray(moved))
     kwargs: dict[str, Any] = {"parameter_object": _parameter_object(params), "log_to_console": False,
                               "number_of_threads": int(threads)}
     if template_mask is not None:
@@ -108,7 +114,7 @@ def register_elastix(raw: np.ndarray, template: np.ndarray, template_mask: np.nd
         kwargs["fixed_mask"] = mask
     _, result = itk.elastix_registration_method(fixed, moving, **kwargs)
     correction = _affine_from_result(result.GetParameterMap(0))
-    return RegistrationResult(compose(translation(*t), correction), {"backend": "elastix"})
+    return RegistrationResult(compose(translation(*t), start, correction), {"backend": "elastix"})
 
 
 def _affine_from_result(pm) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""``amst evaluate``: measure a finished run (residual, NCC, transforms, ground truth)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+from ..stack import open_stack
+from ..transform import compose, decompose, invert
+from ..transforms_io import Transforms, _jsonable, load_transforms
+from .ground_truth import slice_errors
+from .residual import Crop, SliceSweep, summarise_residual, sweep
+
+DRIFT_WINDOW = 51  # slices: errors varying slower than this along z count as drift
+
+
+@dataclass
+class Evaluation:
+    """Per-slice figures of one run and their summary."""
+
+    run: Path
+    transforms: Transforms
+    sweep: SliceSweep
+    summary: dict[str, Any]
+    per_slice: dict[str, list]
+    truth: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def transform_parameters(tf: Transforms) -> dict[str, np.ndarray]:
+    """Scale, shear, rotation of the AMST correction and the full translation, per slice."""
+    rows = [decompose(compose(invert(s.prealign), s.affine)) for s in tf.slices]
+    out = {k: np.array([r[k] for r in rows]) for k in ("scale_x", "scale_y", "shear", "rotation_deg")}
+    out["tx"] = np.array([s.affine[0, 2] for s in tf.slices])
+    out["ty"] = np.array([s.affine[1, 2] for s in tf.slices])
+    return out
+
+
+def split_drift_jitter(displacement: np.ndarray, window: int = DRIFT_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """Low-pass (drift) and high-pass (jitter) parts along z of an (n, 2) displacement."""
+    low = uniform_filter1d(displacement, size=min(window, len(displacement)), axis=0, mode="nearest")
+    return low, displacement - low
+
+
+def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[Crop] | None = None,
+                 crop_size: int = 512) -> Evaluation:
+    """Measure an ``amst run`` output folder (or any folder with transforms.json + aligned stack)."""
+    run = Path(run)
+    tf = load_transforms(run / "transforms.json")
+    name = tf.extra.get("output") or ("aligned.zarr" if (run / "aligned.zarr").exists() else "aligned")
+    stack = open_stack(run / name)
+    sw = sweep(stack, crops, crop_size)
+    pixel_nm = tf.voxel_size.x if tf.voxel_size else None
+    statuses = [s.status for s in tf.slices]
+    summary: dict[str, Any] = {
+        "run": str(run), "slices": len(tf.slices),
+        "status_counts": {k: statuses.count(k) for k in ("ok", "fallback", "blank", "failed")},
+        "residual": summarise_residual(sw.residual_px, pixel_nm),
+        "crops": [vars(c) for c in sw.crops],
+        "neighbour_ncc_median": float(np.nanmedian(sw.neighbour_ncc)) if np.isfinite(sw.neighbour_ncc).any() else None,
+        "pixel_nm": pixel_nm,
+        "timings_per_slice_s": tf.extra.get("timings_per_slice_s", {}),
+    }
+    per_slice: dict[str, list] = {
+        "status": statuses,
+        "neighbour_ncc": sw.neighbour_ncc.tolist(),
+        **{f"residual_crop{k}_px": r.tolist() for k, r in enumerate(sw.residual_px)},
+        **{k: v.tolist() for k, v in transform_parameters(tf).items()},
+    }
+    truth_doc = None
+    if truth is not None:
+        from ..synth import load_ground_truth
+
+        truth_doc = load_ground_truth(truth)
+        raw_shape = tuple(truth_doc["shape_zyx"][1:])
+        exclude = np.array([s in ("blank",) for s in statuses])
+        err = slice_errors(tf.affines, truth_doc["maps"], tf.canvas_shape_yx, raw_shape, exclude=exclude)
+        drift, jitter = split_drift_jitter(err["displacement_centre"])
+        nm = pixel_nm or float("nan")
+        per_slice.update({"gt_rms_px": err["rms"].tolist(), "gt_max_px": err["max"].tolist(),
+                          "gt_rms_nm": (err["rms"] * nm).tolist(),
+                          "gt_drift_px": np.linalg.norm(drift, axis=1).tolist(),
+                          "gt_jitter_px": np.linalg.norm(jitter, axis=1).tolist()})
+        af = np.array(["autofocus" in s["events"] for s in truth_doc["slices"]])
+        summary["ground_truth"] = {
+            "rms_px_median": float(np.nanmedian(err["rms"])), "rms_px_p95": float(np.nanpercentile(err["rms"], 95)),
+            "rms_px_max": float(np.nanmax(err["rms"])), "rms_nm_median": float(np.nanmedian(err["rms"]) * nm),
+            "autofocus_rms_px_mean": float(np.nanmean(err["rms"][af])) if af.any() else None,
+            "drift_px_max": float(np.linalg.norm(drift - drift[0], axis=1).max()),
+            "jitter_px_rms": float(np.sqrt(np.mean(np.sum(jitter ** 2, axis=1)))),
+        }
+    return Evaluation(run, tf, sw, summary, per_slice, truth_doc)
+
+
+def write_json(evals: list[Evaluation], path: str | Path) -> None:
+    """Every per-slice figure of every run, for other tools."""
+    doc = {"format": "amst-evaluation", "version": 1,
+           "runs": [{"summary": e.summary, "per_slice": e.per_slice} for e in evals]}
+    Path(path).write_text(json.dumps(_jsonable(doc), indent=1))
+
+
+def comparison_table(evals: list[Evaluation]) -> str:
+    """One plain-text table comparing runs (``amst evaluate RUN1 RUN2 ...``)."""
+    head = f"{'run':<30}{'ok':>5}{'fallback':>9}{'residual mean':>15}{'residual max':>14}{'NCC':>7}"
+    has_gt = any("ground_truth" in e.summary for e in evals)
+    if has_gt:
+        head += f"{'GT median px':>14}{'GT p95 px':>11}{'AF px':>8}{'drift px':>10}"
+    lines = [head]
+    for e in evals:
+        s = e.summary
+        res = s["residual"]
+        unit = res[0]["unit"] if res else ""
+        mean = np.nanmean([r["mean"] for r in res]) if res else float("nan")
+        mx = np.nanmax([r["max"] for r in res]) if res else float("nan")
+        line = (f"{Path(s['run']).name[:29]:<30}{s['status_counts']['ok']:>5}{s['status_counts']['fallback']:>9}"
+                f"{mean:>11.2f} {unit:<3}{mx:>10.2f} {unit:<3}{(s['neighbour_ncc_median'] or float('nan')):>7.3f}")
+        if has_gt:
+            g = s.get("ground_truth") or {}
+            af = g.get("autofocus_rms_px_mean")
+            line += (f"{g.get('rms_px_median', float('nan')):>14.3f}{g.get('rms_px_p95', float('nan')):>11.3f}"
+                     f"{(af if af is not None else float('nan')):>8.3f}{g.get('drift_px_max', float('nan')):>10.2f}")
+        lines.append(line)
+    return "\n".join(lines)

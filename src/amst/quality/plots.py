@@ -1,0 +1,118 @@
+"""Figures of the QC report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FLAG_COLOURS = {"fallback": "tab:orange", "blank": "tab:gray", "failed": "tab:red"}
+
+
+def _mark_flags(ax, statuses: list[str]) -> None:
+    for z, s in enumerate(statuses):
+        if s in FLAG_COLOURS:
+            ax.axvline(z, color=FLAG_COLOURS[s], alpha=0.35, lw=1)
+
+
+def _contrast(img: np.ndarray) -> np.ndarray:
+    v = img[np.isfinite(img) & (img != 0)]
+    if v.size == 0:
+        return np.zeros_like(img, dtype=np.float32)
+    lo, hi = np.percentile(v, [1, 99])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def plot_residual(residual_px: np.ndarray, ncc: np.ndarray, pixel_nm: float | None, statuses: list[str],
+                  path: Path) -> None:
+    """The paper's Fig. 3b: residual shift to the previous slice per crop, plus neighbour NCC."""
+    factor, unit = (pixel_nm, "nm") if pixel_nm else (1.0, "px")
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for k, r in enumerate(residual_px):
+        a.plot(r * factor, lw=0.8, label=f"crop {k + 1}")
+    a.set_ylabel(f"residual shift ({unit})")
+    a.set_title("Residual misalignment to the previous slice (lower is better)")
+    a.legend(loc="upper right", fontsize=8)
+    b.plot(ncc, color="k", lw=0.8)
+    b.set_ylabel("NCC with previous")
+    b.set_xlabel("slice")
+    for ax in (a, b):
+        _mark_flags(ax, statuses)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_transforms(params: dict[str, np.ndarray], statuses: list[str], path: Path) -> None:
+    """Scale, shear, rotation of the AMST correction and the translation over z."""
+    fig, axes = plt.subplots(4, 1, figsize=(9, 7), sharex=True)
+    axes[0].plot((params["scale_x"] - 1) * 100, lw=0.8, label="x")
+    axes[0].plot((params["scale_y"] - 1) * 100, lw=0.8, label="y")
+    axes[0].set_ylabel("scale change (%)")
+    axes[0].legend(fontsize=8, loc="upper right")
+    axes[0].set_title("Per-slice correction (auto-focus events show as spikes)")
+    axes[1].plot(params["shear"] * 100, lw=0.8, color="tab:purple")
+    axes[1].set_ylabel("shear (%)")
+    axes[2].plot(params["rotation_deg"], lw=0.8, color="tab:green")
+    axes[2].set_ylabel("rotation (deg)")
+    axes[3].plot(params["tx"], lw=0.8, label="x")
+    axes[3].plot(params["ty"], lw=0.8, label="y")
+    axes[3].set_ylabel("translation (px)")
+    axes[3].set_xlabel("slice")
+    axes[3].legend(fontsize=8, loc="upper right")
+    for ax in axes:
+        _mark_flags(ax, statuses)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_ground_truth(per_slice: dict, statuses: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.plot(per_slice["gt_rms_px"], lw=0.9, label="error (RMS over slice)")
+    ax.plot(per_slice["gt_drift_px"], lw=0.9, label="drift (low-pass)")
+    ax.plot(per_slice["gt_jitter_px"], lw=0.6, label="jitter (high-pass)", alpha=0.7)
+    ax.set_ylabel("px")
+    ax.set_xlabel("slice")
+    ax.set_title("Error against ground truth")
+    ax.legend(fontsize=8)
+    _mark_flags(ax, statuses)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_reslice(image: np.ndarray, path: Path, z_scale: float = 1.0, title: str = "") -> None:
+    """A reslice (z down, x or y across) as a PNG, stretched along z by the voxel aspect."""
+    img = _contrast(np.asarray(image, dtype=np.float32))
+    fig_w = 9
+    aspect = z_scale
+    h_in = max(1.2, min(8, fig_w * img.shape[0] * aspect / img.shape[1]))
+    fig, ax = plt.subplots(figsize=(fig_w, h_in + 0.4))
+    ax.imshow(img, cmap="gray", aspect=aspect, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x (px)" if "xz" in path.name else "y (px)")
+    ax.set_ylabel("slice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_overlay(a: np.ndarray, b: np.ndarray, path: Path, z_scale: float, title: str) -> None:
+    """Red/cyan overlay of two reslices (paper Fig. 3c,d): grey where they agree."""
+    h = min(a.shape[0], b.shape[0])
+    w = min(a.shape[1], b.shape[1])
+    ra, rb = _contrast(a[:h, :w]), _contrast(b[:h, :w])
+    rgb = np.stack([ra, rb, rb], axis=-1)
+    fig_w = 9
+    h_in = max(1.2, min(8, fig_w * h * z_scale / w))
+    fig, ax = plt.subplots(figsize=(fig_w, h_in + 0.4))
+    ax.imshow(rgb, aspect=z_scale, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
