@@ -1,0 +1,78 @@
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import amst
+from amst.quality.evaluate import evaluate_run
+from amst.quality.report import build_report
+from amst.synth import SynthConfig, synthesize
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed but CI must run the report test (.ci/run installs it)")
+        pytest.skip("chromium not installed")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rep")
+    synthesize(base / "data", SynthConfig(shape=(30, 384, 384), seed=35), workers=2)
+    amst.align(base / "data" / "raw", base / "run", backend="fast", workers=2, progress=False)
+    return base
+
+
+def test_residual_singles_out_autofocus_jumps_of_a_translation_only_run(finished_run):
+    """Without ground truth, the residual must point at the slices that are really misaligned."""
+    from amst.prealign import PrealignConfig, prealign, to_transforms
+    from amst.stack import create_writer, open_stack
+    from amst.synth import load_ground_truth
+    from amst.warp import warp_slice
+
+    base = finished_run
+    raw = open_stack(base / "data" / "raw")
+    tf = to_transforms(raw, prealign(raw, PrealignConfig(method="tm"), 2))
+    tm_run = base / "tm"
+    tm_run.mkdir()
+    w = create_writer(tm_run / "aligned", "tiff", (len(raw), *tf.canvas_shape_yx), raw.dtype, raw.voxel_size)
+    for z in range(len(raw)):
+        w.write(z, warp_slice(raw.read(z), tf.slices[z].affine, tf.canvas_shape_yx, "linear"))
+    tf.extra["output"] = "aligned"
+    tf.save(tm_run / "transforms.json")
+    ev = evaluate_run(tm_run, base / "data" / "ground_truth.json", crop_size=160)
+    gt = load_ground_truth(base / "data" / "ground_truth.json")
+    af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
+    # Slice z is compared with z - 1, so a jump shows at its first slice and after its last.
+    jump = af | np.r_[False, af[:-1]]
+    res = np.nanmax(ev.sweep.residual_px, axis=0)
+    assert af.any()
+    print("residual at jumps", res[jump].round(2), "elsewhere p90", np.nanpercentile(res[~jump], 90).round(2))
+    assert np.nanmax(res[jump]) > np.nanpercentile(res[~jump][1:], 90)
+    first = np.flatnonzero(af)[0]
+    assert res[first] > np.nanmedian(res[~jump][1:]) * 2
+
+
+def test_report_renders_in_headless_chromium(finished_run, tmp_path):
+    exe = _chromium()
+    page = build_report(finished_run / "run", finished_run / "data" / "ground_truth.json")
+    text = page.read_text()
+    assert "Alignment report" in text and "residual.png" in text
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+         "--hide-scrollbars", "--window-size=1100,2600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert shot.exists(), proc.stderr[-2000:]
+    assert "Uncaught" not in proc.stderr and "ERR_FILE_NOT_FOUND" not in proc.stderr
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # matplotlib's default blue (#1f77b4) exists only if the plot images were loaded and drawn.
+    blue = (np.abs(img - np.array([31, 119, 180])).sum(axis=2) < 40).sum()
+    assert blue > 200, blue
