@@ -213,6 +213,8 @@ def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -
 @click.option("--pyramid-levels", type=int, default=None)
 @click.option("--block-size", type=int, default=None, help="Slices per work unit.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
+@click.option("--cluster", type=click.Choice(["slurm"]), default=None,
+              help="Start workers with dask-jobqueue (options in the config's execution.slurm section).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config.")
 @click.option("--overwrite", is_flag=True, help="Replace an OUT that holds a run with other parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -233,8 +235,7 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
     counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
-    if res.recomputed < len(res.statuses):
-        click.echo(f"resumed: {len(res.statuses) - res.recomputed} slices were already done")
+    click.echo("slices computed by this run, per pass: " + " ".join(str(v) for v in res.recomputed_per_pass))
     click.echo("time per slice (s): " + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items()))
     flagged = [s for s in res.transforms.slices if s.status != "ok"]
     for s in flagged[:20]:

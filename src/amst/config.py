@@ -61,6 +61,8 @@ class ExecutionConfig:
     workers: int | None = None
     block_size: int | None = None
     scheduler: str | None = None
+    cluster: str | None = None
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +87,8 @@ class RunConfig:
             raise ValueError(f"register.passes: {self.register.passes} must be 1 or 2")
         if self.output.pyramid_levels < 1:
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
+        if self.execution.cluster not in (None, "slurm"):
+            raise ValueError(f"execution.cluster: {self.execution.cluster!r} is not allowed; use slurm (or leave it out)")
         if self.execution.workers is not None and self.execution.workers < 1:
             raise ValueError(f"execution.workers: {self.execution.workers} must be >= 1")
         if self.execution.block_size is not None and self.execution.block_size < 1:
@@ -114,7 +118,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "prealigned": "prealigned", "median_radius": "template.median_radius",
     "backend": "register.backend", "passes": "register.passes", "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
-    "block_size": "execution.block_size", "scheduler": "execution.scheduler",
+    "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",
 }
 
 

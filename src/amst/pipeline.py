@@ -49,7 +49,8 @@ class AlignResult:
     output_stack: Path
     transforms: Transforms
     timings_per_slice: dict[str, float]
-    recomputed: int
+    recomputed: int                      # slices computed by this call in the final pass
+    recomputed_per_pass: list[int] = field(default_factory=list)
     config: RunConfig = field(repr=False, default_factory=RunConfig)
 
     @property
@@ -157,8 +158,23 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     """Register and write slices ``first..last-1``; returns one result dict per slice.
 
     Each slice's data is written before its journal entry, so an interrupted run never
-    marks a slice done that is not on disk.
+    marks a slice done that is not on disk. BLAS and OpenCV run one thread per worker:
+    parallelism is across slices, and the sums then come out in the same order whatever
+    the executor, so a Dask run gives bit-identical results to a local one.
     """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1):
+            return _process_block(job, first, last)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     cfg = job.cfg
     n = len(job.stack)
     radius = cfg.template.median_radius
@@ -272,11 +288,30 @@ def _blocks(todo: list[int], size: int) -> list[tuple[int, int]]:
 
 
 def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
+    """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster."""
     if cfg.execution.scheduler:
         from distributed import Client
 
         client = Client(cfg.execution.scheduler)
         return client, client.close
+    if cfg.execution.cluster == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ValueError("execution.cluster: slurm needs dask-jobqueue (pip install 'amst[slurm]')") from exc
+        from distributed import Client
+
+        options = dict(cfg.execution.slurm)
+        jobs = int(options.pop("jobs", 1))
+        cluster = SLURMCluster(**options)
+        cluster.scale(jobs=jobs)
+        client = Client(cluster)
+
+        def close() -> None:
+            client.close()
+            cluster.close()
+
+        return client, close
     if workers <= 1:
         return None, lambda: None
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
@@ -407,6 +442,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     template_affines = prealign_affines
     excluded = np.array([s.status != "ok" for s in pre_tf.slices])
     todo: list[int] = []
+    per_pass: list[int] = []
     results: dict[int, dict[str, Any]] = {}
     done: dict[int, dict[str, Any]] = {}
     executor, close = _executor(cfg, workers)
@@ -424,6 +460,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
             if done:
                 log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
             results = dict(done)
+            per_pass.append(len(todo))
             label = f"register ({cfg.register.backend}" + (f", pass {pass_index}/{passes})" if passes > 1 else ")")
             with tqdm(total=n, initial=len(done), desc=label, unit="slice", disable=not progress) as bar:
                 for entries in _map_blocks(executor, job, _blocks(todo, block)):
@@ -458,7 +495,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     counts = {s: sum(x.status == s for x in slices) for s in ("ok", "fallback", "blank", "failed")}
     log.info("done: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     log.info("time per slice (s): %s", "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items()))
-    return AlignResult(out, out_stack, tf, per_slice, len(todo), cfg)
+    return AlignResult(out, out_stack, tf, per_slice, len(todo), per_pass, cfg)
 
 
 def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iterator[list[dict[str, Any]]]:
