@@ -127,6 +127,8 @@ def _prealign_options(f):
         click.option("--pattern", default=None, help="Glob for TIFF folders."),
         click.option("--dataset", default=None, help="HDF5 dataset / Zarr array inside INPUT."),
         click.option("--allow-pad", is_flag=True, default=None, help="Pad slices of differing shape."),
+        click.option("--skip-bad", is_flag=True, default=None,
+                     help="Continue past unreadable slices (they are marked blank)."),
         click.option("--workers", type=int, default=None, help="Processes/threads (default: all cores)."),
         _voxel_option,
     ]
@@ -173,7 +175,7 @@ def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -
     cfg = build_config(prealign=method, **{k: v for k, v in flat.items()})
     vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
     stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
-                       allow_pad=cfg.input.allow_pad)
+                       allow_pad=cfg.input.allow_pad, skip_bad=cfg.input.skip_bad)
     outp = Path(out)
     if outp.exists() and any(outp.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; choose a new OUT or pass --overwrite")

@@ -23,6 +23,7 @@ class InputConfig:
     dataset: str | None = None
     voxel_size: tuple[float, float, float] | None = None
     allow_pad: bool = False
+    skip_bad: bool = False
     channel: int | None = None
 
 
@@ -110,7 +111,7 @@ class RunConfig:
 # Flat option names (CLI / Python API) -> config path.
 FLAT_OPTIONS: dict[str, str] = {
     "pattern": "input.pattern", "dataset": "input.dataset", "voxel_size": "input.voxel_size",
-    "allow_pad": "input.allow_pad", "channel": "input.channel",
+    "allow_pad": "input.allow_pad", "skip_bad": "input.skip_bad", "channel": "input.channel",
     "prealign": "prealign.method", "roi": "prealign.roi", "roi_units": "prealign.roi_units",
     "roi_slice": "prealign.roi_slice", "search_margin": "prealign.search_margin",
     "min_score": "prealign.min_score", "gaps": "prealign.gaps", "canvas": "prealign.canvas",

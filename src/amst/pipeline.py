@@ -26,7 +26,7 @@ from . import __version__
 from .config import RunConfig, build_config, dump_yaml
 from .parallel import default_workers
 from .prealign import PrealignResult, prealign, to_transforms
-from .prealign.pairwise import is_blank
+from .imageops import finite_float32, is_blank
 from .prealign.xcorr import PhaseCorrelation
 from .register import check_result, register, sampled_ncc
 from .stack import Stack, VoxelSize, create_writer, open_stack
@@ -197,7 +197,7 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
             if job.prealigned_stack is not None and job.template_affines is job.prealign_affines:
                 pre = job.prealigned_stack.read(z).astype(np.float32)
             else:
-                pre = _prealigned_float(raw, job.template_affines[z], job.canvas)
+                pre = _prealigned_float(finite_float32(raw), job.template_affines[z], job.canvas)
             if job.excluded[z] or is_blank(raw):
                 pre = np.full(job.canvas, np.nan, np.float32)  # a bad slice must not pull the median
             template_time[0] += time.perf_counter() - t0
@@ -215,7 +215,12 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
             out = warp_slice(raw, np.array(entry["affine"]), job.canvas, cfg.warp.order)
             timings[z]["warp"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            writer.write(z, out)
+            try:
+                writer.write(z, out)
+            except OSError as exc:
+                raise OSError(exc.errno, f"writing slice {z} ({job.stack.slice_name(z)}) to {writer.path} failed: "
+                                         f"{exc.strerror or exc}; free space or fix permissions, then re-run the "
+                                         "same command to resume") from exc
             timings[z]["write"] += time.perf_counter() - t0
         entry["timings"] = timings[z]
         _atomic_write(_journal_entry(job.journal, z), json.dumps(entry))
@@ -240,7 +245,7 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
         return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
                 "metrics": {"reason": "template covers < 5 % of the canvas"}}
     filled = np.where(mask, template, float(np.nanmedian(template))).astype(np.float32)
-    raw_f = _finite(raw)
+    raw_f = finite_float32(raw)
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
@@ -264,14 +269,6 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
     if reason:
         metrics["reason"] = reason
     return {"index": z, "affine": np.asarray(affine).tolist(), "status": status, "metrics": metrics}
-
-
-def _finite(image: np.ndarray) -> np.ndarray:
-    img = image.astype(np.float32)
-    if not np.isfinite(img).all():
-        finite = img[np.isfinite(img)]
-        img = np.where(np.isfinite(img), img, np.median(finite) if finite.size else 0.0).astype(np.float32)
-    return img
 
 
 # -- orchestration ---------------------------------------------------------------------------
@@ -372,7 +369,7 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
     out = Path(out)
     vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
     stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
-                       channel=cfg.input.channel, allow_pad=cfg.input.allow_pad)
+                       channel=cfg.input.channel, allow_pad=cfg.input.allow_pad, skip_bad=cfg.input.skip_bad)
     digest = _config_digest(cfg, stack)
     resuming = _prepare_out(out, stack.path, digest, overwrite)
     handler = _attach_log(out / "amst.log")

@@ -165,7 +165,7 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
     if failed:
         log.warning("template matching failed on %d slice(s) (interpolated): %s", len(failed),
                     ", ".join(f"{z} ({tracked.reasons[z]})" for z in failed[:10]))
-    if ok.sum() < max(2, 0.5 * n):
+    if ok.sum() < max(1, 0.5 * n):
         raise ValueError(
             f"template matching failed on {n - ok.sum()} of {n} slices (NCC below {cfg.min_score}); "
             "the ROI is probably not on the alignment marks: choose another --roi or use --prealign features"

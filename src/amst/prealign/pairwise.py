@@ -9,7 +9,10 @@ from typing import Any, Callable, Protocol
 import cv2
 import numpy as np
 
+from ..imageops import finite_float32, is_blank
 from ..stack import Stack
+
+__all__ = ["Pair", "PairMeasurement", "PairEstimator", "is_blank", "measure_pairs", "working_image"]
 
 
 @dataclass
@@ -34,24 +37,12 @@ class PairEstimator(Protocol):
     def match(self, a: Any, b: Any) -> PairMeasurement: ...
 
 
-def is_blank(image: np.ndarray) -> bool:
-    """True for constant or nearly constant slices (beam blanked, saturated)."""
-    img = np.asarray(image, dtype=np.float32)
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        return True
-    return float(finite.std()) < 1e-3 * max(1.0, float(np.abs(finite).mean()))
-
-
 def working_image(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float, bool]:
     """float32 copy downsampled so its longer side is <= ``max_side``, its scale, and blankness.
 
     Non-finite pixels (NaN/inf in float data) are replaced by the slice median.
     """
-    img = np.asarray(image, dtype=np.float32)
-    if not np.all(np.isfinite(img)):
-        finite = img[np.isfinite(img)]
-        img = np.where(np.isfinite(img), img, np.median(finite) if finite.size else 0.0).astype(np.float32)
+    img = finite_float32(image)
     blank = is_blank(img)
     h, w = img.shape
     scale = min(1.0, max_side / max(h, w))

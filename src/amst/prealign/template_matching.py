@@ -11,7 +11,7 @@ import numpy as np
 
 from ..parallel import ordered_map
 from ..stack import Stack
-from .pairwise import is_blank
+from ..imageops import finite_float32, is_blank
 from .subpixel import fit_peak_2d
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
     the NCC of thin marks near 0.4 (measured on ``amst synth``); smoothing both alike
     does not move the peak.
     """
-    smooth = (lambda im: cv2.GaussianBlur(im.astype(np.float32), (0, 0), sigma)) if sigma > 0 else \
-        (lambda im: im.astype(np.float32))
+    smooth = (lambda im: cv2.GaussianBlur(finite_float32(im), (0, 0), sigma)) if sigma > 0 else finite_float32
     n, h, w = stack.shape
     x0, y0, rw, rh = (int(round(v)) for v in roi_xywh)
     if rw < 8 or rh < 8 or x0 < 0 or y0 < 0 or x0 + rw > w or y0 + rh > h:
@@ -122,7 +121,7 @@ def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_
         ``(x, y, w, h)`` in pixels.
     """
     # Smooth first so that shot noise does not look "distinctive".
-    blur = lambda im: cv2.GaussianBlur(np.asarray(im, dtype=np.float32), (0, 0), 2.0)  # noqa: E731
+    blur = lambda im: cv2.GaussianBlur(finite_float32(im), (0, 0), 2.0)  # noqa: E731
     img = blur(image)
     others_f = [blur(o) for o in (others or [])]
     h, w = img.shape

@@ -33,7 +33,7 @@ def _split_internal(path: str) -> tuple[str, str | None]:
 
 def open_stack(path: str | Path, *, pattern: str | None = None, dataset: str | None = None,
                voxel_size: VoxelSize | None = None, channel: int | None = None,
-               allow_pad: bool = False) -> Stack:
+               allow_pad: bool = False, skip_bad: bool = False) -> Stack:
     """Open a stack lazily, detecting its format.
 
     Parameters
@@ -51,6 +51,8 @@ def open_stack(path: str | Path, *, pattern: str | None = None, dataset: str | N
         Channel of a multi-channel OME-Zarr.
     allow_pad : bool
         TIFF folders: pad slices of differing shape to a common canvas.
+    skip_bad : bool
+        TIFF folders: read unreadable slices as blank instead of stopping.
 
     Returns
     -------
@@ -71,7 +73,7 @@ def open_stack(path: str | Path, *, pattern: str | None = None, dataset: str | N
             else:
                 stack = ZarrArrayStack(p, component=dataset)
         else:
-            stack = TiffFolderStack(p, pattern=pattern, allow_pad=allow_pad)
+            stack = TiffFolderStack(p, pattern=pattern, allow_pad=allow_pad, skip_bad=skip_bad)
     elif p.suffix.lower() in (".tif", ".tiff"):
         stack = MultiPageTiffStack(p)
     elif p.suffix.lower() in HDF5_SUFFIXES:

@@ -103,13 +103,17 @@ class TiffFolderStack(Stack):
     pattern : str, optional
         Glob on the file names (case-insensitive), default ``*.tif*``.
     allow_pad : bool
-        When slices differ in shape, pad each to the common canvas (top-left aligned,
-        offsets recorded in ``offsets``) instead of refusing.
+        When slices differ in shape, pad each to the common canvas (top-left aligned: each
+        slice's offset is (0, 0), recorded in ``describe()``) instead of refusing.
+    skip_bad : bool
+        A slice that cannot be read (corrupt or truncated file) is reported and read as
+        zeros (a blank slice, which the pipeline marks ``blank``) instead of stopping.
     """
 
     kind = "tiff-folder"
 
-    def __init__(self, folder: str | Path, pattern: str | None = None, allow_pad: bool = False):
+    def __init__(self, folder: str | Path, pattern: str | None = None, allow_pad: bool = False,
+                 skip_bad: bool = False):
         self.path = Path(folder)
         self.pattern = pattern or DEFAULT_PATTERN
         self.files = list_tiff_folder(self.path, pattern)
@@ -121,17 +125,35 @@ class TiffFolderStack(Stack):
                 "check the folder or pass --pattern"
             )
         self.names = [p.name for p in self.files]
+        self.skip_bad = skip_bad
+        self.bad: dict[int, str] = {}
         shapes, dtypes = [], []
-        for p in self.files:
+        first_res: tuple = (None, None, None)
+        for z, p in enumerate(self.files):
             try:
                 with tifffile.TiffFile(p) as tif:
                     page = tif.pages[0]
+                    end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
+                    if end > p.stat().st_size or (page.dataoffsets and not all(page.databytecounts)):
+                        raise ValueError(f"file is truncated ({p.stat().st_size} bytes, image data needs {end})")
                     shapes.append(tuple(page.shape))
                     dtypes.append(np.dtype(page.dtype))
-                    if p is self.files[0]:
+                    if z == 0 or first_res == (None, None, None):
                         first_res = _resolution_nm(tif)
             except Exception as exc:  # tifffile raises many types for corrupt files
-                raise StackError(f"{p}: cannot read as TIFF ({exc}); remove or replace this slice") from exc
+                if not skip_bad:
+                    raise StackError(f"{p}: slice {z} cannot be read as TIFF ({exc}); replace the file, "
+                                     "or pass --skip-bad to continue with it marked missing") from exc
+                log.warning("%s: slice %d cannot be read (%s); it is treated as missing (blank)", p, z, exc)
+                self.bad[z] = str(exc)
+                shapes.append(None)
+                dtypes.append(None)
+        good = [s for s in shapes if s is not None]
+        if not good:
+            raise StackError(f"{self.path}: none of the {len(self.files)} TIFF files can be read")
+        shapes = [s if s is not None else good[0] for s in shapes]
+        dtypes = [d if d is not None else next(x for x in dtypes if x is not None) for d in dtypes]
+        self._warn_numbering_gaps()
         bad_nd = [f"{n} {s}" for n, s in zip(self.names, shapes) if len(s) != 2]
         if bad_nd:
             raise StackError(
@@ -154,12 +176,34 @@ class TiffFolderStack(Stack):
         self.shape = (len(self.files), canvas[0], canvas[1])
         self.voxel_size = _combine_voxel(first_res)
 
+    def _warn_numbering_gaps(self) -> None:
+        """Log missing indices in the numbering (a slice lost during export, e.g. s_11 of s_10..s_12)."""
+        import re
+
+        numbers = []
+        for name in self.names:
+            found = re.findall(r"\d+", name)
+            if not found:
+                return
+            numbers.append(int(found[-1]))
+        gaps = [(a, b) for a, b in zip(numbers, numbers[1:]) if b - a > 1]
+        if gaps and len(set(np.diff(numbers))) > 1:
+            listing = ", ".join(f"{a}->{b}" for a, b in gaps[:10])
+            log.warning("%s: the slice numbering has gaps (%s); missing slices are not interpolated", self.path, listing)
+        self.numbering_gaps = gaps
+
     def _read(self, z: int) -> np.ndarray:
         path = self.files[z]
+        if z in self.bad:
+            return np.zeros(self.shape[1:], dtype=self.dtype)
         try:
             img = tifffile.imread(path, key=0)
         except Exception as exc:
-            raise StackError(f"{path}: cannot read slice {z} ({exc}); replace the file or use --skip-bad") from exc
+            if self.skip_bad:
+                log.warning("%s: slice %d cannot be read (%s); treated as missing (blank)", path, z, exc)
+                return np.zeros(self.shape[1:], dtype=self.dtype)
+            raise StackError(f"{path}: slice {z} cannot be read ({exc}); replace the file, "
+                             "or pass --skip-bad to continue with it marked missing") from exc
         if img.shape != self.shape[1:]:
             canvas = np.zeros(self.shape[1:], dtype=self.dtype)
             canvas[: img.shape[0], : img.shape[1]] = img
@@ -170,7 +214,9 @@ class TiffFolderStack(Stack):
         d = super().describe()
         d["pattern"] = self.pattern
         d["first"], d["last"] = self.names[0], self.names[-1]
-        d["shape_mismatches"] = [{"name": n, "shape_yx": list(s)} for n, s in self.mismatched]
+        d["shape_mismatches"] = [{"name": n, "shape_yx": list(s), "offset_yx": [0, 0]} for n, s in self.mismatched]
+        d["unreadable"] = [{"name": self.names[z], "error": e} for z, e in self.bad.items()]
+        d["numbering_gaps"] = [list(g) for g in getattr(self, "numbering_gaps", [])]
         return d
 
 

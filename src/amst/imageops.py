@@ -1,0 +1,23 @@
+"""Small checks and conversions on single slices shared by every stage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def finite_float32(image: np.ndarray) -> np.ndarray:
+    """float32 copy with NaN/inf (float inputs) replaced by the median of the finite pixels."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        finite = img[np.isfinite(img)]
+        img = np.where(np.isfinite(img), img, np.median(finite) if finite.size else 0.0).astype(np.float32)
+    return img
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """True for constant or nearly constant slices (beam blanked, saturated)."""
+    img = np.asarray(image, dtype=np.float32)
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        return True
+    return float(finite.std()) < 1e-3 * max(1.0, float(np.abs(finite).mean()))
