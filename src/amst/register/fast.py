@@ -9,7 +9,10 @@ offset (so brightness/contrast changes between raw and template do not matter), 
 a 6x6 system. It is deterministic: no random sampling.
 
 Written in numpy/OpenCV (``cv2.remap`` for sampling, ``cv2.pyrDown`` for the pyramid):
-each iteration touches ~1/30 of the pixels, so no compiled kernel is needed.
+each iteration touches a quarter of the pixels, so no compiled kernel is needed. Slices
+larger than ``finest_side`` are refined on a pyramid level, not at full resolution:
+measured on 2048^2 synthetic pairs (benchmarks/registration.py) this is 4x faster for
+0.03 px more error, still below elastix's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class FastParams:
     """Tuning of the fast back-end (all overridable from the config's ``register.fast``)."""
 
     coarsest_side: int = 160      # pyramid: halve until the longer side is below this
-    finest_level: int = 0         # 0 = refine at full resolution
+    finest_side: int = 1536       # stop refining at the first level whose longer side is <= this
+    finest_level: int | None = None  # explicit finest level (0 = full resolution) instead of finest_side
     max_iterations: int = 40      # per level
     tolerance_px: float = 0.002   # stop when the update moves no pixel by more than this
     cell: int = 2                 # one sample candidate per cell x cell block
@@ -190,7 +194,12 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     warp = as_affine(initial).copy()
     iterations = []
     corr = float("nan")
-    for level in range(levels - 1, p.finest_level - 1, -1):
+    finest = p.finest_level
+    if finest is None:
+        finest = 0
+        while max(template.shape) / 2 ** finest > p.finest_side and finest < levels - 1:
+            finest += 1
+    for level in range(levels - 1, finest - 1, -1):
         f = 2.0 ** level
         w_level = warp.copy()
         w_level[:, 2] /= f
