@@ -79,3 +79,22 @@ def error_at_point(affines: np.ndarray, gt_maps: np.ndarray, point_xy: np.ndarra
     vals = np.array([apply_to_points(c, np.asarray(point_xy, dtype=np.float64)[None])[0] for c in comp])
     base = vals[reference] if reference is not None else np.median(vals, axis=0)
     return vals - base
+
+
+def jitter_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tuple[int, int],
+                  raw_shape_yx: tuple[int, int], window: int = 51, step: int = 16) -> np.ndarray:
+    """Per-slice RMS (px) of the high-pass part of the error along z (jitter), drift removed.
+
+    The output-to-volume maps are low-passed along z with a ``window``-slice running mean;
+    what remains is how much each slice deviates from its neighbourhood.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    comp = output_to_volume(affines, gt_maps)
+    low = uniform_filter1d(comp, size=min(window, len(comp)), axis=0, mode="nearest")
+    out = np.zeros(len(comp))
+    for z in range(len(comp)):
+        pts = sample_points(canvas_shape_yx, affines[z], raw_shape_yx, step)
+        d = apply_to_points(comp[z], pts) - apply_to_points(low[z], pts)
+        out[z] = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1)))) if len(pts) else np.nan
+    return out
