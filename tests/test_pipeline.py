@@ -143,3 +143,21 @@ def test_config_errors_name_the_key():
         build_config({"template": {"median_radius": "seven"}})
     with pytest.raises(ValueError, match="prealign.gaps: expected a list"):
         build_config({"prealign": {"gaps": 4}})
+
+
+def test_prealigned_elsewhere_builds_the_template_from_it(data, tmp_path):
+    from click.testing import CliRunner
+
+    from amst.cli import main
+
+    r = CliRunner().invoke(main, ["prealign", str(data / "raw"), str(tmp_path / "pre"), "--method", "tm",
+                                  "--write-stack", "--out-format", "tiff"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    tf = load_transforms(tmp_path / "pre" / "transforms.json")
+    assert all(np.allclose(s.affine, s.prealign) for s in tf.slices)
+    res = amst.align(data / "raw", tmp_path / "out", prealigned=str(tmp_path / "pre" / "prealigned"), backend="fast",
+                     workers=2, progress=False)
+    gt = load_ground_truth(data / "ground_truth.json")
+    e = slice_errors(res.transforms.affines, gt["maps"], res.transforms.canvas_shape_yx, (512, 480))["rms"]
+    assert res.transforms.canvas_shape_yx == tuple(open_stack(tmp_path / "pre" / "prealigned").shape[1:])
+    assert np.median(e) < 0.5, e

@@ -322,8 +322,15 @@ def _translations_from_prealigned(stack: Stack, prealigned: Stack, workers: int)
     pc = PhaseCorrelation()
     from .parallel import ordered_map
 
+    def on_canvas(image: np.ndarray) -> np.ndarray:
+        # Raw pixel (x, y) stays at (x, y): pad or crop at the bottom/right only.
+        out = np.zeros(prealigned.shape[1:], np.float32)
+        h, w = min(out.shape[0], image.shape[0]), min(out.shape[1], image.shape[1])
+        out[:h, :w] = image[:h, :w]
+        return out
+
     def one(z: int):
-        return pc.match(pc.describe(prealigned.read(z)), pc.describe(stack.read(z)))
+        return pc.match(pc.describe(prealigned.read(z)), pc.describe(on_canvas(stack.read(z))))
 
     ms = list(ordered_map(one, range(len(stack)), workers))
     t = np.array([m.shift_xy for m in ms])
