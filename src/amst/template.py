@@ -16,22 +16,62 @@ from typing import Iterable, Iterator
 import numpy as np
 
 
+def _batcher_pairs(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort for ``n`` inputs (padded to a power of 2)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(a, b) for a, b in pairs if b < n] if size == n else _prune(pairs, n)
+
+
+def _prune(pairs: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    # Inputs >= n are +inf padding: a comparator touching only padding, or padding as its
+    # larger element, never moves anything, so it can be dropped.
+    return [(a, b) for a, b in pairs if b < n]
+
+
 def masked_median(window: np.ndarray) -> np.ndarray:
     """Median along axis 0 ignoring NaN, equal to ``np.nanmedian(window, axis=0)``.
 
-    Pixels with no valid value are NaN. Sorting puts NaN last, so the median of the ``k``
-    valid values per pixel is read at ranks ``(k - 1) // 2`` and ``k // 2``; this avoids
-    ``nanmedian``'s slow masked path while giving identical results.
+    Pixels with no valid value are NaN. The values are sorted per pixel by a sorting
+    network (Batcher's odd-even merge sort: a fixed sequence of element-wise min/max over
+    whole slices, vectorised, no per-pixel work), with NaN replaced by +inf so that it sorts
+    last; the median of the ``k`` valid values is then read at ranks ``(k - 1) // 2`` and
+    ``k // 2``. For a 15-slice window of 2048^2 this is several times faster than
+    ``np.median`` (which partitions along a strided axis), and exact: min/max do not round.
     """
     stack = np.asarray(window, dtype=np.float32)
-    if not np.isnan(stack).any():
-        return np.median(stack, axis=0).astype(np.float32)
-    ordered = np.sort(stack, axis=0)
-    k = np.sum(~np.isnan(stack), axis=0)
-    lo = np.take_along_axis(ordered, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
-    hi = np.take_along_axis(ordered, np.maximum(k // 2, 0)[None], axis=0)[0]
-    med = (lo + hi) * np.float32(0.5)
-    med[k == 0] = np.nan
+    m = stack.shape[0]
+    nan = np.isnan(stack)
+    has_nan = bool(nan.any())
+    vals = [np.where(nan[i], np.float32(np.inf), stack[i]) if has_nan else stack[i].copy() for i in range(m)]
+    for a, b in _batcher_pairs(m):
+        lo = np.minimum(vals[a], vals[b])
+        np.maximum(vals[a], vals[b], out=vals[b])
+        vals[a] = lo
+    med = (vals[(m - 1) // 2] + vals[m // 2]) * np.float32(0.5)
+    if not has_nan:
+        return med
+    # Pixels with uncovered members (usually thin canvas borders) read other ranks.
+    partial = nan.any(axis=0)
+    k = m - nan[:, partial].sum(axis=0)
+    ordered = np.stack([v[partial] for v in vals])
+    lo_v = np.take_along_axis(ordered, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
+    hi_v = np.take_along_axis(ordered, np.maximum(k // 2, 0)[None], axis=0)[0]
+    sub = (lo_v + hi_v) * np.float32(0.5)
+    sub[k == 0] = np.nan
+    med[partial] = sub
     return med
 
 
