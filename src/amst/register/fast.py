@@ -6,7 +6,9 @@ slice, so a direct method converges in a few iterations. Following Baker & Matth
 per level; each iteration only samples the raw slice at the warped positions of a fixed
 set of well-textured template pixels (the strongest-gradient pixel of each 2x2 cell), fits gain and
 offset (so brightness/contrast changes between raw and template do not matter), and solves
-a 6x6 system. It is deterministic: no random sampling.
+a 6x6 system, with Huber weights on the residuals so that places where the median template
+does not look like the slice (structures that changed with depth) pull less. It is
+deterministic: no random sampling.
 
 Written in numpy/OpenCV (``cv2.remap`` for sampling, ``cv2.pyrDown`` for the pyramid):
 each iteration touches a quarter of the pixels, so no compiled kernel is needed. Slices
@@ -40,6 +42,7 @@ class FastParams:
     keep_fraction: float = 1.0    # keep the strongest-gradient fraction of candidates
     smooth_sigma: float = 1.0     # Gaussian on both images first: less noise in the gradients
     min_samples: int = 200
+    robust: bool = True           # Huber weights on the residuals (down-weights template mismatch)
 
 
 def _pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
@@ -141,9 +144,16 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         gain = float(i_c @ t_c) / var_i
         corr = float(i_c @ t_c) / np.sqrt(var_i * float(t_c @ t_c) + 1e-30)
         err = gain * i_c - t_c
-        hess = sd_in.T @ sd_in
+        if p.robust:
+            k = 1.345 * 1.4826 * float(np.median(np.abs(err))) + 1e-12
+            wts = np.minimum(1.0, k / np.maximum(np.abs(err), 1e-12))
+            hess = (sd_in * wts[:, None]).T @ sd_in
+            rhs = sd_in.T @ (wts * err)
+        else:
+            hess = sd_in.T @ sd_in
+            rhs = sd_in.T @ err
         try:
-            dp = np.linalg.solve(hess, sd_in.T @ err)
+            dp = np.linalg.solve(hess, rhs)
         except np.linalg.LinAlgError:
             break
         delta = np.array([[1 + dp[0], dp[2], dp[4]], [dp[1], 1 + dp[3], dp[5]], [0, 0, 1.0]])
