@@ -14,6 +14,18 @@ def finite_float32(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray, min_pixels: int = 16) -> float:
+    """Normalised cross-correlation of ``a`` and ``b`` over ``mask`` (NaN if too few pixels or flat)."""
+    if int(mask.sum()) < min_pixels:
+        return float("nan")
+    x = a[mask].astype(np.float64)
+    y = b[mask].astype(np.float64)
+    x -= x.mean()
+    y -= y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else float("nan")
+
+
 def is_blank(image: np.ndarray) -> bool:
     """True for constant or nearly constant slices (beam blanked, saturated)."""
     img = np.asarray(image, dtype=np.float32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -20,19 +20,17 @@ def default_workers(workers: int | None = None) -> int:
         return os.cpu_count() or 1
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, executor: Executor | None = None,
-                in_flight: int | None = None) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None) -> Iterator[R]:
     """Map ``fn`` over ``items`` in order with at most ``in_flight`` tasks pending.
 
     Threads are the default: the heavy work (OpenCV, FFTs, TIFF decoding) releases the GIL,
     and nothing is pickled. Memory stays bounded by ``in_flight`` results.
     """
-    if workers <= 1 and executor is None:
+    if workers <= 1:
         yield from map(fn, items)
         return
     limit = in_flight or 2 * workers
-    own = executor is None
-    pool = executor or ThreadPoolExecutor(workers)
+    pool = ThreadPoolExecutor(workers)
     try:
         pending = []
         for item in items:
@@ -42,5 +40,4 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, executor
         for fut in pending:
             yield fut.result()
     finally:
-        if own:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)

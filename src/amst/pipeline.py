@@ -569,9 +569,4 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     return out
 
 
-def config_from_out(out: str | Path) -> RunConfig:
-    """The resolved config of a finished run."""
-    return build_config(Path(out) / "config.yaml")
-
-
-__all__ = ["align", "apply", "AlignResult", "process_block", "config_from_out"]
+__all__ = ["align", "apply", "AlignResult", "process_block"]

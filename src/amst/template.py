@@ -32,12 +32,8 @@ def _batcher_pairs(n: int) -> list[tuple[int, int]]:
                         pairs.append((i + j, i + j + k))
             k //= 2
         p *= 2
-    return [(a, b) for a, b in pairs if b < n] if size == n else _prune(pairs, n)
-
-
-def _prune(pairs: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
-    # Inputs >= n are +inf padding: a comparator touching only padding, or padding as its
-    # larger element, never moves anything, so it can be dropped.
+    # Inputs >= n are +inf padding: a comparator whose larger side is padding never moves
+    # anything, so it is dropped.
     return [(a, b) for a, b in pairs if b < n]
 
 

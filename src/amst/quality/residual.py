@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..imageops import ncc as image_ncc
 from ..prealign.xcorr import PhaseCorrelation
 from ..stack import Stack
 
@@ -84,17 +85,6 @@ def _box(integral: np.ndarray, x: int, y: int, s: int) -> float:
     return float(integral[y + s, x + s] - integral[y, x + s] - integral[y + s, x] + integral[y, x])
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    m = (a != 0) & (b != 0)
-    if m.sum() < 16:
-        return float("nan")
-    x, y = a[m].astype(np.float64), b[m].astype(np.float64)
-    x -= x.mean()
-    y -= y.mean()
-    d = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / d) if d > 0 else float("nan")
-
-
 def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -> SliceSweep:
     """One read of every slice: residual per crop, neighbour NCC and the two reslices."""
     n, h, w = stack.shape
@@ -119,7 +109,7 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -
                 m = pc.match(a, b)
                 if m.ok:
                     residual[k, z] = float(np.hypot(*m.shift_xy))
-            ncc[z] = _ncc(prev_centre, centre)
+            ncc[z] = image_ncc(prev_centre, centre, (prev_centre != 0) & (centre != 0))
         prev_desc, prev_centre = descs, centre
     return SliceSweep(crops, residual, ncc, xz, yz)
 

@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..imageops import ncc
 from ..transform import apply_to_points, compose, decompose, invert
 from .base import RegistrationResult
 
@@ -40,12 +41,7 @@ def sampled_ncc(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, affine:
     sampled = cv2.remap(raw.astype(np.float32), pts[:, 0].reshape(gx.shape), pts[:, 1].reshape(gx.shape),
                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
     t = template[::step, ::step]
-    m = mask[::step, ::step] & np.isfinite(sampled) & np.isfinite(t)
-    if m.sum() < 16:
-        return float("nan")
-    a, b = sampled[m] - sampled[m].mean(), t[m] - t[m].mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+    return ncc(sampled, t, mask[::step, ::step] & np.isfinite(sampled) & np.isfinite(t))
 
 
 def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], max_scale_change: float,

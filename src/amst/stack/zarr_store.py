@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -198,12 +197,3 @@ class OmeZarrWriter:
     def close(self) -> None:
         """Nothing buffered: each chunk is written when its slice is."""
 
-
-def read_zattrs(path: Path) -> dict[str, Any]:
-    """Raw group attributes (for tests and ``amst info``)."""
-    for name in (".zattrs", "zarr.json"):
-        f = path / name
-        if f.exists():
-            d = json.loads(f.read_text())
-            return d.get("attributes", d)
-    return {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -236,7 +236,3 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     doc["maps"] = np.array([s["map"] for s in doc["slices"]], dtype=np.float64)
     return doc
 
-
-def with_overrides(cfg: SynthConfig, **kw: Any) -> SynthConfig:
-    """Copy of ``cfg`` with fields replaced (None values ignored)."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
