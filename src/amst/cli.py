@@ -47,18 +47,11 @@ def main(verbose: bool) -> None:
 @click.argument("path")
 @click.option("--pattern", default=None, help="Glob for TIFF folders (default *.tif*).")
 @click.option("--dataset", default=None, help="HDF5 dataset or Zarr array inside PATH.")
-@click.option("--allow-pad", is_flag=True, help="Accept TIFF folders whose slices differ in shape.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_voxel_option
-def info(path: str, pattern: str | None, dataset: str | None, allow_pad: bool, as_json: bool, voxel_size) -> None:
-    """Shape, dtype, voxel size and slice count of a stack."""
-    try:
-        stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=allow_pad)
-    except StackError as exc:
-        if "differ in shape" in str(exc) and not allow_pad:
-            stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=True)
-        else:
-            raise
+def info(path: str, pattern: str | None, dataset: str | None, as_json: bool, voxel_size) -> None:
+    """Shape, dtype, voxel size and slice count of a stack (slices of other shapes are listed)."""
+    stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=True)
     d = stack.describe()
     if as_json:
         click.echo(json.dumps(d, indent=2))

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, build_config, dump_yaml
-from .parallel import default_workers
-from .prealign import PrealignResult, prealign, to_transforms
+from .parallel import default_workers, ordered_map
+from .prealign import prealign, to_transforms
 from .imageops import finite_float32, is_blank
 from .prealign.xcorr import PhaseCorrelation
 from .register import check_result, register, sampled_ncc
@@ -315,12 +315,12 @@ def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _translations_from_prealigned(stack: Stack, prealigned: Stack, workers: int) -> PrealignResult:
-    """Translation from each raw slice to the same slice of a stack aligned elsewhere."""
+def _prealigned_transforms(stack: Stack, prealigned: Stack, workers: int) -> Transforms:
+    """Pre-alignment taken from a stack aligned elsewhere: its canvas, and the translation
+    from each of its slices to the same raw slice."""
     if len(prealigned) != len(stack):
         raise ValueError(f"--prealigned has {len(prealigned)} slices, the input {len(stack)}; they must match")
     pc = PhaseCorrelation()
-    from .parallel import ordered_map
 
     def on_canvas(image: np.ndarray) -> np.ndarray:
         # Raw pixel (x, y) stays at (x, y): pad or crop at the bottom/right only.
@@ -332,11 +332,13 @@ def _translations_from_prealigned(stack: Stack, prealigned: Stack, workers: int)
     def one(z: int):
         return pc.match(pc.describe(prealigned.read(z)), pc.describe(on_canvas(stack.read(z))))
 
-    ms = list(ordered_map(one, range(len(stack)), workers))
-    t = np.array([m.shift_xy for m in ms])
-    status = ["ok" if m.ok else "failed" for m in ms]
-    metrics = [{"prealign_confidence": m.confidence} for m in ms]
-    return PrealignResult(t, status, metrics, {"method": "prealigned", "path": str(prealigned.path)})
+    slices = []
+    for z, m in enumerate(ordered_map(one, range(len(stack)), workers)):
+        t = translation(*m.shift_xy)
+        slices.append(SliceTransform(z, stack.slice_name(z), t, t.copy(), "ok" if m.ok else "failed",
+                                     {"prealign_confidence": m.confidence}))
+    return Transforms(prealigned.shape[1:], slices, stack.voxel_size,
+                      {"prealign_info": {"method": "prealigned", "path": str(prealigned.path)}})
 
 
 def align(input: str | Path, out: str | Path, config: str | Path | dict | RunConfig | None = None, *,
@@ -407,23 +409,18 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     (out / "config.yaml").write_text(dump_yaml(cfg, __version__))
 
     # Step 1: pre-alignment (saved, so a resumed run does not redo it).
+    prealigned_stack = open_stack(cfg.prealigned) if cfg.prealigned else None
     pre_file = state / "prealign.json"
     t0 = time.perf_counter()
     if resuming and pre_file.exists():
         pre_tf = load_transforms(pre_file)
         prealign_seconds = float(pre_tf.extra.get("prealign_seconds", 0.0))
     else:
-        with tqdm(total=n, desc="prealign", unit="slice", disable=not progress) as bar:
-            if cfg.prealigned:
-                pstack = open_stack(cfg.prealigned)
-                res = _translations_from_prealigned(stack, pstack, workers)
-            else:
-                res = prealign(stack, cfg.prealign, workers, bar.update)
-        pre_tf = to_transforms(stack, res, cfg.prealign.canvas)
-        if cfg.prealigned:
-            pre_tf.canvas_shape_yx = open_stack(cfg.prealigned).shape[1:]
-            for s, t in zip(pre_tf.slices, res.translations):
-                s.prealign = s.affine = translation(*t)
+        if prealigned_stack is not None:
+            pre_tf = _prealigned_transforms(stack, prealigned_stack, workers)
+        else:
+            with tqdm(total=n, desc="prealign", unit="slice", disable=not progress) as bar:
+                pre_tf = to_transforms(stack, prealign(stack, cfg.prealign, workers, bar.update), cfg.prealign.canvas)
         prealign_seconds = time.perf_counter() - t0
         pre_tf.extra["prealign_seconds"] = prealign_seconds
         pre_tf.save(pre_file)
@@ -439,7 +436,6 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
                    "voxel_size": stack.voxel_size, "names": stack.names,
                    "pyramid_levels": cfg.output.pyramid_levels}
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
-    prealigned_stack = open_stack(cfg.prealigned) if cfg.prealigned else None
     if not (resuming and out_stack.exists()):
         create_writer(**writer_spec)
     passes = cfg.register.passes
@@ -542,8 +538,6 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
         The written stack.
     """
     from tqdm import tqdm
-
-    from .parallel import ordered_map
 
     tf = load_transforms(transforms)
     stack = open_stack(input, pattern=pattern, dataset=dataset)

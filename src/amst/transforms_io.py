@@ -33,7 +33,7 @@ class SliceTransform:
         if self.status not in STATUSES:
             raise ValueError(f"slice {self.index}: status {self.status!r} is not one of {STATUSES}")
         return {"index": self.index, "name": self.name, "prealign": to_list(self.prealign),
-                "affine": to_list(self.affine), "status": self.status, "metrics": _jsonable(self.metrics)}
+                "affine": to_list(self.affine), "status": self.status, "metrics": jsonable(self.metrics)}
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Transforms:
                "canvas": {"shape_yx": [int(v) for v in self.canvas_shape_yx]},
                "voxel_size": self.voxel_size.to_dict() if self.voxel_size else None,
                "slices": [s.to_json() for s in self.slices]}
-        doc.update(_jsonable(self.extra))
+        doc.update(jsonable(self.extra))
         return doc
 
     def save(self, path: str | Path) -> None:
@@ -88,14 +88,14 @@ def load_transforms(path: str | Path) -> Transforms:
     return Transforms(tuple(doc["canvas"]["shape_yx"]), slices, vs, extra)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types; NaN/inf become null (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     if isinstance(obj, (np.integer,)):

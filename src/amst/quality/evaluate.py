@@ -12,7 +12,7 @@ from scipy.ndimage import uniform_filter1d
 
 from ..stack import open_stack
 from ..transform import compose, decompose, invert
-from ..transforms_io import Transforms, _jsonable, load_transforms
+from ..transforms_io import Transforms, jsonable, load_transforms
 from .ground_truth import slice_errors
 from .residual import Crop, SliceSweep, summarise_residual, sweep
 
@@ -100,7 +100,7 @@ def write_json(evals: list[Evaluation], path: str | Path) -> None:
     """Every per-slice figure of every run, for other tools."""
     doc = {"format": "amst-evaluation", "version": 1,
            "runs": [{"summary": e.summary, "per_slice": e.per_slice} for e in evals]}
-    Path(path).write_text(json.dumps(_jsonable(doc), indent=1))
+    Path(path).write_text(json.dumps(jsonable(doc), indent=1))
 
 
 def comparison_table(evals: list[Evaluation]) -> str:

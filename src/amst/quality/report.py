@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..transforms_io import _jsonable
+from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
 from .plots import plot_ground_truth, plot_residual, plot_transforms, save_reslice
 
@@ -97,5 +97,5 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
     (out / "index.html").write_text(body)
-    (out / "evaluation.json").write_text(json.dumps(_jsonable({"summary": s, "per_slice": ev.per_slice}), indent=1))
+    (out / "evaluation.json").write_text(json.dumps(jsonable({"summary": s, "per_slice": ev.per_slice}), indent=1))
     return out / "index.html"
