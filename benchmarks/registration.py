@@ -4,7 +4,7 @@
 
 For each size it synthesises a ``fibsem-marks`` stack, pre-aligns it by template matching,
 builds each slice's template exactly as ``amst run`` does (median of the pre-aligned
-neighbours, leave-one-out), then registers the same raw slices to the same templates with
+neighbours, leave-one-out; for fast on the pyramid level it refines on), then registers the same raw slices to the same templates with
 every back-end, one thread each, each back-end in its own process (so peak RSS is its
 own). Reports median time per slice, ground-truth error median/p95 (px, RMS over the
 slice), the time ratio and peak RSS.
@@ -35,13 +35,20 @@ def _prepare(size: int, n: int, seed: int, workdir: Path) -> Path:
     return data
 
 
-def _pairs(data: Path, count: int):
-    """(z, raw, template, mask, prealign affine, ideal affine, is_af) for ``count`` slices."""
+def _pairs(data: Path, count: int, backend: str):
+    """(z, raw, template, mask, level, prealign affine, ideal affine, is_af) for ``count`` slices.
+
+    The template is built as ``amst run`` builds it for ``backend``: for fast, on the
+    pyramid level it refines on, from smoothed and reduced raw slices.
+    """
+    from amst.imageops import finite_float32
     from amst.pipeline import _prealigned_float
+    from amst.register import template_level
+    from amst.register.fast import level_image, level_shape
     from amst.stack import open_stack
     from amst.synth import load_ground_truth
     from amst.template import masked_median, window_indices
-    from amst.transform import compose, invert
+    from amst.transform import at_level, compose, invert
     from amst.transforms_io import load_transforms
 
     stack = open_stack(data / "raw")
@@ -49,17 +56,26 @@ def _pairs(data: Path, count: int):
     gt = load_ground_truth(data / "ground_truth.json")
     pre = tf.affines
     n = len(stack)
+    canvas = tuple(tf.canvas_shape_yx)
+    level = template_level(backend, None, canvas)
     af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
     comp = np.array([compose(g, p) for g, p in zip(gt["maps"], pre)])
     glob = np.median(comp[~af], axis=0)
     chosen = sorted(set(np.flatnonzero(af)[: count // 2].tolist())
                     | set(np.linspace(2, n - 3, count).astype(int).tolist()))[:count]
+
+    def image(k: int) -> np.ndarray:
+        img = finite_float32(stack.read(k))
+        return level_image(img, level) if level else img
+
     for z in chosen:
         window = window_indices(z, n, 7, leave_out=True)
-        tmpl = masked_median(np.stack([_prealigned_float(stack.read(k), pre[k], tf.canvas_shape_yx) for k in window]))
+        tmpl = masked_median([_prealigned_float(image(k), at_level(pre[k], level), level_shape(canvas, level))
+                              for k in window])
         mask = np.isfinite(tmpl)
-        filled = np.where(mask, tmpl, np.nanmedian(tmpl)).astype(np.float32)
-        yield z, stack.read(z).astype(np.float32), filled, mask, pre[z], compose(invert(gt["maps"][z]), glob), bool(af[z])
+        filled = np.where(mask, tmpl, np.float32(tmpl[mask].mean()))
+        yield (z, stack.read(z).astype(np.float32), filled, mask, level, pre[z],
+               compose(invert(gt["maps"][z]), glob), bool(af[z]))
 
 
 def _error(a: np.ndarray, ideal: np.ndarray, shape) -> float:
@@ -75,19 +91,25 @@ def _run_backend(backend: str, data: Path, count: int, queue) -> None:
     import cv2
 
     from amst.register import register
+    from amst.register.fast import level_image
+
+    def run(raw, tmpl, mask, level, pre):
+        # The slice's own reduction to the template level is part of its registration cost.
+        image = level_image(raw, level) if level else raw
+        return register(backend, image, tmpl, mask, pre, None, level, level)
 
     cv2.setNumThreads(1)
     rows = []
     with threadpool_limits(1):
         warmed = False
-        for z, raw, tmpl, mask, pre, ideal, is_af in _pairs(data, count):
+        for z, raw, tmpl, mask, level, pre, ideal, is_af in _pairs(data, count, backend):
             if not warmed:  # the first elastix call loads ITK (many seconds): not a per-slice cost
                 t = time.perf_counter()
-                register(backend, raw, tmpl, mask, pre)
+                run(raw, tmpl, mask, level, pre)
                 warm = time.perf_counter() - t
                 warmed = True
             t = time.perf_counter()
-            res = register(backend, raw, tmpl, mask, pre)
+            res = run(raw, tmpl, mask, level, pre)
             rows.append({"z": z, "seconds": time.perf_counter() - t, "error_px": _error(res.affine, ideal, raw.shape),
                          "prealign_error_px": _error(pre, ideal, raw.shape), "autofocus": is_af})
     queue.put({"backend": backend, "rows": rows, "first_call_s": warm,

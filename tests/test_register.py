@@ -55,3 +55,20 @@ def test_checks_reject_implausible_results():
     assert "moves pixels" in check_result(translation(30, 1), init, **ok)
     assert "fell" in check_result(init, init, **{**ok, "ncc_after": 0.7})
     assert "resemble" in check_result(init, init, **{**ok, "ncc_before": 0.01, "ncc_after": 0.05})
+
+
+def test_fast_backend_on_a_pyramid_level_template(pair):
+    # The pipeline builds the template on the level the back-end refines on, from
+    # level_image()s; the result is still a full-resolution map.
+    from amst.register.fast import level_image
+
+    raw, template, true = pair
+    params = {"finest_level": 1}
+    t1 = level_image(template, 1, params)
+    start = translation(3, -2)
+    from_full = register("fast", raw, template, None, start, params)
+    from_level = register("fast", raw, t1, None, start, params, template_level=1)
+    both_level = register("fast", level_image(raw, 1, params), t1, None, start, params, 1, 1)
+    assert _rms(from_level.affine, true) < 0.2
+    assert _rms(from_level.affine, from_full.affine) < 0.05
+    np.testing.assert_allclose(both_level.affine, from_level.affine, atol=1e-9)

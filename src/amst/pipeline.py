@@ -28,10 +28,11 @@ from .parallel import default_workers, ordered_map
 from .prealign import prealign, to_transforms
 from .imageops import finite_float32, is_blank
 from .prealign.xcorr import PhaseCorrelation
-from .register import check_result, register, sampled_ncc
+from .register import check_result, register, sampled_ncc, template_level
+from .register.fast import level_image, level_shape
 from .stack import Stack, VoxelSize, create_writer, open_stack
 from .template import sliding_templates, window_bounds
-from .transform import translation
+from .transform import at_level, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
 from .warp import warp_slice
 
@@ -72,6 +73,7 @@ class _Job:
     cfg: RunConfig
     writer: dict[str, Any] | None  # None: this pass only measures (no output written)
     journal: Path
+    template_level: int = 0        # pyramid level the back-end reads the template at
 
 
 # -- output folder, journal -----------------------------------------------------------------
@@ -151,7 +153,27 @@ def _read_journal(journal: Path, n: int) -> dict[int, dict[str, Any]]:
 
 def _prealigned_float(image: np.ndarray, affine: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     """Raw slice placed on the canvas by its pre-alignment, NaN where it has no data."""
-    return warp_slice(image.astype(np.float32), affine, canvas, "linear", fill=np.nan)
+    return warp_slice(image.astype(np.float32, copy=False), affine, canvas, "linear", fill=np.nan)
+
+
+def _registration_image(job: _Job, raw: np.ndarray) -> np.ndarray:
+    """The raw slice as the back-end reads it: float32, at the template's pyramid level."""
+    image = finite_float32(raw)
+    return level_image(image, job.template_level, job.cfg.register.fast) if job.template_level else image
+
+
+def _template_member(job: _Job, z: int, raw: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Slice ``z`` as it enters the median: on the canvas (at the template level), NaN where
+    it has no data, all NaN for a slice kept out of templates. ``image`` is
+    :func:`_registration_image` of ``raw``."""
+    level = job.template_level
+    shape = level_shape(job.canvas, level)
+    if job.excluded[z] or is_blank(raw):
+        return np.full(shape, np.nan, np.float32)  # a bad slice must not pull the median
+    if job.prealigned_stack is not None and job.template_affines is job.prealign_affines:
+        placed = finite_float32(job.prealigned_stack.read(z))
+        return level_image(placed, level, job.cfg.register.fast) if level else placed
+    return _prealigned_float(image, at_level(job.template_affines[z], level), shape)
 
 
 def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
@@ -190,26 +212,22 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             raw = job.stack.read(z)
             t_read = time.perf_counter() - t0
-            if first <= z < last:
-                raws[z] = raw
-                timings[z]["read"] += t_read
             t0 = time.perf_counter()
-            if job.prealigned_stack is not None and job.template_affines is job.prealign_affines:
-                pre = job.prealigned_stack.read(z).astype(np.float32)
-            else:
-                pre = _prealigned_float(finite_float32(raw), job.template_affines[z], job.canvas)
-            if job.excluded[z] or is_blank(raw):
-                pre = np.full(job.canvas, np.nan, np.float32)  # a bad slice must not pull the median
+            image = _registration_image(job, raw)
+            if first <= z < last:
+                raws[z] = (raw, image)
+                timings[z]["read"] += t_read
+            member = _template_member(job, z, raw, image)
             template_time[0] += time.perf_counter() - t0
-            yield pre
+            yield member
 
     results = []
     t_start = time.perf_counter()
     for z, template in sliding_templates(stream(), lo, n, radius, first, last, cfg.template.leave_one_out):
         t_templ = time.perf_counter() - t_start
         timings[z]["template"] += t_templ
-        raw = raws.pop(z)
-        entry = _register_slice(job, z, raw, template, timings[z])
+        raw, image = raws.pop(z)
+        entry = _register_slice(job, z, raw, image, template, timings[z])
         if writer is not None:
             t0 = time.perf_counter()
             out = warp_slice(raw, np.array(entry["affine"]), job.canvas, cfg.warp.order)
@@ -232,8 +250,9 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     return results
 
 
-def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
+def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, template: np.ndarray,
                     timing: dict[str, float]) -> dict[str, Any]:
+    """Register slice ``z`` (``image``: :func:`_registration_image`) to its template and check it."""
     cfg = job.cfg
     prealigned = job.prealign_affines[z]
     initial = job.initial_affines[z]
@@ -244,22 +263,22 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, template: np.ndarray,
     if mask.mean() < 0.05:
         return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
                 "metrics": {"reason": "template covers < 5 % of the canvas"}}
-    filled = np.where(mask, template, float(np.nanmedian(template))).astype(np.float32)
-    raw_f = finite_float32(raw)
+    filled = np.where(mask, template, np.float32(template[mask].mean()))
+    level = job.template_level
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
         params = cfg.register.elastix if cfg.register.backend == "elastix" else cfg.register.fast
-        result = register(cfg.register.backend, raw_f, filled, mask, initial, params)
+        result = register(cfg.register.backend, image, filled, mask, initial, params, level, level)
         affine = result.affine
         metrics.update(result.metrics)
     except Exception as exc:  # a failed registration must not stop the run: keep the pre-alignment
         affine, status, reason = prealigned, "fallback", f"registration failed: {exc}"
     timing["register"] += time.perf_counter() - t0
-    ncc_before = sampled_ncc(raw_f, filled, mask, prealigned)
+    ncc_before = sampled_ncc(image, filled, mask, at_level(prealigned, level))
     metrics["ncc_prealign"] = ncc_before
     if status == "ok":
-        ncc_after = sampled_ncc(raw_f, filled, mask, affine)
+        ncc_after = sampled_ncc(image, filled, mask, at_level(affine, level))
         metrics["ncc_final"] = ncc_after
         reason = check_result(affine, prealigned, job.canvas, cfg.register.max_scale_change, cfg.register.max_shear,
                               cfg.register.max_shift_px, ncc_before, ncc_after, cfg.register.min_ncc_gain,
@@ -439,6 +458,10 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     if not (resuming and out_stack.exists()):
         create_writer(**writer_spec)
     passes = cfg.register.passes
+    level = template_level(cfg.register.backend, cfg.register.fast, canvas)
+    if level:
+        log.info("template built on pyramid level %d (%dx%d), where the %s back-end refines", level,
+                 *level_shape(canvas, level)[::-1], cfg.register.backend)
     template_affines = prealign_affines
     excluded = np.array([s.status != "ok" for s in pre_tf.slices])
     todo: list[int] = []
@@ -456,7 +479,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
             block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
             job = _Job(stack, prealigned_stack, prealign_affines, template_affines,
                        template_affines if pass_index > 1 else prealign_affines, excluded, canvas, cfg,
-                       writer_spec if final else None, journal)
+                       writer_spec if final else None, journal, level)
             if done:
                 log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
             results = dict(done)

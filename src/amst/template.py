@@ -11,7 +11,9 @@ that bias on synthetic stacks. Stacks shorter than r + 1 slices fall back to tru
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,38 +39,89 @@ def _batcher_pairs(n: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in pairs if b < n]
 
 
-def masked_median(window: np.ndarray) -> np.ndarray:
+_TILE_PIXELS = 65536
+
+
+@lru_cache(maxsize=None)
+def _median_network(n: int) -> tuple[tuple[int, int], ...]:
+    """The comparators of the sort network that the two middle ranks depend on."""
+    needed = {(n - 1) // 2, n // 2}
+    kept = []
+    for a, b in reversed(_batcher_pairs(n)):
+        if a in needed or b in needed:
+            kept.append((a, b))
+            needed |= {a, b}
+    return tuple(reversed(kept))
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One window slice: values with +inf where uncovered, and the flat indices of those."""
+
+    values: np.ndarray
+    uncovered: np.ndarray
+
+    @classmethod
+    def from_nan(cls, image: np.ndarray) -> "_Member | None":
+        values = np.array(image, dtype=np.float32)  # a copy: the caller's array is left alone
+        uncovered = np.flatnonzero(np.isnan(values))
+        if uncovered.size == values.size:
+            return None  # covers nothing: adds nothing to any median
+        values.ravel()[uncovered] = np.inf
+        return cls(values, uncovered)
+
+
+def _median(members: list[_Member], shape: tuple[int, int]) -> np.ndarray:
+    m = len(members)
+    if m == 0:
+        return np.full(shape, np.nan, np.float32)
+    # Pixels some member does not cover (usually thin canvas borders) take the median of
+    # their valid values, computed apart from the network on just those pixels.
+    flags = np.zeros(shape[0] * shape[1], bool)
+    for s in members:
+        flags[s.uncovered] = True
+    partial = np.flatnonzero(flags)
+    sub = np.stack([s.values.ravel()[partial] for s in members]) if partial.size else None
+    network = _median_network(m)
+    med = np.empty(shape, np.float32)
+    # Row tiles of about 64k pixels keep the whole window in cache while the network runs
+    # (2-2.5x faster than whole slices at 1024^2-2048^2, which are memory-bound).
+    rows = max(1, _TILE_PIXELS // shape[1])
+    for r0 in range(0, shape[0], rows):
+        vals = [s.values[r0:r0 + rows].copy() for s in members]
+        spare = np.empty_like(vals[0])
+        for a, b in network:
+            np.minimum(vals[a], vals[b], out=spare)
+            np.maximum(vals[a], vals[b], out=vals[b])
+            vals[a], spare = spare, vals[a]
+        out = med[r0:r0 + rows]
+        np.add(vals[(m - 1) // 2], vals[m // 2], out=out)
+        out *= np.float32(0.5)
+    if sub is not None:
+        sub.sort(axis=0)  # +inf (uncovered) sorts last
+        k = np.isfinite(sub).sum(axis=0)
+        lo_v = np.take_along_axis(sub, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
+        hi_v = np.take_along_axis(sub, np.maximum(k // 2, 0)[None], axis=0)[0]
+        values = (lo_v + hi_v) * np.float32(0.5)
+        values[k == 0] = np.nan
+        med.ravel()[partial] = values
+    return med
+
+
+def masked_median(window: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """Median along axis 0 ignoring NaN, equal to ``np.nanmedian(window, axis=0)``.
 
-    Pixels with no valid value are NaN. The values are sorted per pixel by a sorting
-    network (Batcher's odd-even merge sort: a fixed sequence of element-wise min/max over
-    whole slices, vectorised, no per-pixel work), with NaN replaced by +inf so that it sorts
-    last; the median of the ``k`` valid values is then read at ranks ``(k - 1) // 2`` and
-    ``k // 2``. For a 15-slice window of 2048^2 this is several times faster than
-    ``np.median`` (which partitions along a strided axis), and exact: min/max do not round.
+    The values are sorted per pixel by a sorting network (Batcher's odd-even merge sort,
+    pruned to the comparators the two middle ranks depend on: a fixed sequence of
+    element-wise min/max over whole slices, vectorised, no per-pixel work). Pixels that
+    some slice does not cover (NaN) are few (canvas borders) and take the median of their
+    valid values separately. For a 15-slice window of 2048^2 this is several times faster
+    than ``np.median`` (which partitions along a strided axis), and exact: min/max do not
+    round.
     """
-    stack = np.asarray(window, dtype=np.float32)
-    m = stack.shape[0]
-    nan = np.isnan(stack)
-    has_nan = bool(nan.any())
-    vals = [np.where(nan[i], np.float32(np.inf), stack[i]) if has_nan else stack[i].copy() for i in range(m)]
-    for a, b in _batcher_pairs(m):
-        lo = np.minimum(vals[a], vals[b])
-        np.maximum(vals[a], vals[b], out=vals[b])
-        vals[a] = lo
-    med = (vals[(m - 1) // 2] + vals[m // 2]) * np.float32(0.5)
-    if not has_nan:
-        return med
-    # Pixels with uncovered members (usually thin canvas borders) read other ranks.
-    partial = nan.any(axis=0)
-    k = m - nan[:, partial].sum(axis=0)
-    ordered = np.stack([v[partial] for v in vals])
-    lo_v = np.take_along_axis(ordered, np.maximum((k - 1) // 2, 0)[None], axis=0)[0]
-    hi_v = np.take_along_axis(ordered, np.maximum(k // 2, 0)[None], axis=0)[0]
-    sub = (lo_v + hi_v) * np.float32(0.5)
-    sub[k == 0] = np.nan
-    med[partial] = sub
-    return med
+    images = [np.asarray(w, dtype=np.float32) for w in window]
+    members = [s for s in map(_Member.from_nan, images) if s is not None]
+    return _median(members, images[0].shape)
 
 
 def window_indices(z: int, n: int, radius: int, leave_out: bool = False) -> list[int]:
@@ -116,19 +169,20 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
     (z, template)
         Only ``2 * radius + 1`` slices are held at any time.
     """
-    window: deque[tuple[int, np.ndarray]] = deque()
+    window: deque[tuple[int, _Member | None]] = deque()
     z_next = first
     for idx, img in enumerate(slices, start=start):
-        window.append((idx, img))
+        shape = img.shape
+        window.append((idx, _Member.from_nan(img)))  # converted once, used by 2r + 1 templates
         while z_next < last:
             lo, hi = window_bounds(z_next, n, radius)
             if window[-1][0] < hi - 1:
                 break
             while window and window[0][0] < lo:
                 window.popleft()
-            images = {j: im for j, im in window}
-            members = window_indices(z_next, n, radius, leave_out)
-            yield z_next, masked_median(np.stack([images[j] for j in members]))
+            held = dict(window)
+            members = [held[j] for j in window_indices(z_next, n, radius, leave_out)]
+            yield z_next, _median([s for s in members if s is not None], shape)
             z_next += 1
         if z_next >= last:
             return

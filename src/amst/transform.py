@@ -96,6 +96,17 @@ def apply_to_points(m: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     return p @ a[:, :2].T + a[:, 2]
 
 
+def at_level(m: np.ndarray, level: int) -> np.ndarray:
+    """The map ``m`` (pixels -> pixels) between pyramid ``level`` images of both frames.
+
+    Pyramid pixel ``i`` sits at full-resolution pixel ``2**level * i`` (``cv2.pyrDown``),
+    so the linear part is unchanged and the translation shrinks.
+    """
+    out = as_affine(m).copy()
+    out[:, 2] /= 2.0 ** level
+    return out
+
+
 def decompose(m: np.ndarray) -> dict[str, float]:
     """Describe the linear part of an affine as scales, shear, rotation and translation.
 

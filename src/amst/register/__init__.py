@@ -20,17 +20,40 @@ BACKENDS = ("elastix", "fast")
 
 
 def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None,
-             initial: np.ndarray, params: dict[str, Any] | None = None) -> RegistrationResult:
-    """Run the named back-end (imported lazily: elastix loads ITK)."""
+             initial: np.ndarray, params: dict[str, Any] | None = None, template_level: int = 0,
+             raw_level: int = 0) -> RegistrationResult:
+    """Run the named back-end (imported lazily: elastix loads ITK).
+
+    ``template_level`` > 0 (fast only) means the template is given on that pyramid level
+    of the canvas, as :func:`template_level` chose; ``raw_level`` equal to it, that the raw
+    slice is too (:func:`amst.register.fast.level_image`). ``initial`` and the result stay
+    full-resolution maps.
+    """
     if backend == "elastix":
         from .elastix import register_elastix
 
+        if template_level or raw_level:
+            raise ValueError("the elastix back-end needs full-resolution images")
         return register_elastix(raw, template, template_mask, initial, params)
     if backend == "fast":
         from .fast import register_fast
 
-        return register_fast(raw, template, template_mask, initial, params)
+        return register_fast(raw, template, template_mask, initial, params, template_level, raw_level)
     raise ValueError(f"register.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+
+
+def template_level(backend: str, params: dict[str, Any] | None, canvas_shape_yx: tuple[int, int]) -> int:
+    """Pyramid level at which the back-end reads the template (0 = full resolution).
+
+    The fast back-end refines large slices on a pyramid level only, so the template is
+    built there: a quarter of the pixels per level. Elastix builds its own pyramid from a
+    full-resolution template, as in the paper.
+    """
+    if backend == "fast":
+        from .fast import finest_level
+
+        return finest_level(canvas_shape_yx, params)
+    return 0
 
 
 def sampled_ncc(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, affine: np.ndarray, step: int = 4) -> float:
@@ -68,4 +91,4 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["register", "check_result", "sampled_ncc", "RegistrationResult", "BACKENDS"]
+__all__ = ["register", "template_level", "check_result", "sampled_ncc", "RegistrationResult", "BACKENDS"]

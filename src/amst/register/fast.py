@@ -62,29 +62,32 @@ def _mask_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
 
 def _samples(template: np.ndarray, mask: np.ndarray, p: FastParams) -> tuple[np.ndarray, ...]:
     """Well-textured template pixels: the strongest gradient per cell, then the top fraction."""
-    gx = cv2.Scharr(template, cv2.CV_32F, 1, 0) / 32.0
-    gy = cv2.Scharr(template, cv2.CV_32F, 0, 1) / 32.0
-    mag = gx * gx + gy * gy
-    valid = mask.copy()
-    valid[:1], valid[-1:], valid[:, :1], valid[:, -1:] = False, False, False, False
-    mag = np.where(valid, mag, -1.0)
+    gx = cv2.Scharr(template, cv2.CV_32F, 1, 0, scale=1 / 32)
+    gy = cv2.Scharr(template, cv2.CV_32F, 0, 1, scale=1 / 32)
+    mag = cv2.magnitude(gx, gy)
+    mag[~mask] = -1.0
+    mag[:1], mag[-1:], mag[:, :1], mag[:, -1:] = -1.0, -1.0, -1.0, -1.0
     h, w = mag.shape
-    c = p.cell
+    c = p.cell if min(h, w) >= p.cell else 1
     hc, wc = h // c, w // c
-    if hc == 0 or wc == 0:
-        c, hc, wc = 1, h, w
-    blocks = mag[: hc * c, : wc * c].reshape(hc, c, wc, c).transpose(0, 2, 1, 3).reshape(hc, wc, c * c)
-    arg = blocks.argmax(axis=2)
-    best = np.take_along_axis(blocks, arg[..., None], axis=2)[..., 0]
+    # The strongest pixel of each c x c cell: a running maximum over the c*c strided
+    # views of the image (no per-cell reshaping copies).
+    best = mag[0:hc * c:c, 0:wc * c:c].copy()
+    arg = np.zeros((hc, wc), np.int32)
+    for k in range(1, c * c):
+        dy, dx = divmod(k, c)
+        view = mag[dy:hc * c:c, dx:wc * c:c]
+        arg = np.where(view > best, np.int32(k), arg)
+        np.maximum(best, view, out=best)
     by, bx = np.divmod(arg, c)
-    ys = (np.arange(hc)[:, None] * c + by).ravel()
-    xs = (np.arange(wc)[None, :] * c + bx).ravel()
+    ys = (np.arange(hc, dtype=np.int32)[:, None] * c + by).ravel()
+    xs = (np.arange(wc, dtype=np.int32)[None, :] * c + bx).ravel()
     strength = best.ravel()
-    ok = strength > 0
+    ok = np.flatnonzero(strength > 0)
     ys, xs, strength = ys[ok], xs[ok], strength[ok]
-    if strength.size > p.min_samples:
-        keep = max(p.min_samples, int(strength.size * p.keep_fraction))
-        top = np.argpartition(-strength, keep - 1)[:keep]
+    keep = max(p.min_samples, int(strength.size * p.keep_fraction))
+    if strength.size > keep:
+        top = np.sort(np.argpartition(-strength, keep - 1)[:keep])
         ys, xs = ys[top], xs[top]
     return xs.astype(np.float32), ys.astype(np.float32), gx[ys, xs], gy[ys, xs], template[ys, xs]
 
@@ -114,13 +117,16 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
                  p: FastParams) -> tuple[np.ndarray, int, float]:
     """Inverse-compositional Gauss-Newton at one level; ``warp`` maps template px -> raw px."""
     xs, ys, gx, gy, tv = _samples(template, mask, p)
-    if xs.size < 12:
+    n = xs.size
+    if n < 12:
         return warp, 0, float("nan")
     h, w = template.shape
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     s = max(w, h) / 2.0
     u, v = (xs - cx) / s, (ys - cy) / s  # centred, scaled coordinates condition the system
-    sd = np.stack([gx * u, gy * u, gx * v, gy * v, gx, gy], axis=1).astype(np.float64) * s
+    # Steepest-descent images as rows (6, n): the products below then run as BLAS calls.
+    sd = np.stack([gx * u, gy * u, gx * v, gy * v, gx, gy]) * np.float32(s)
+    tv64 = tv.astype(np.float64)
     centre = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
     scale = np.diag([s, s, 1.0])
     frame = centre @ scale              # normalised -> pixel
@@ -128,14 +134,23 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
     raw_h, raw_w = raw.shape
     w3 = _to3(warp)
     iterations, corr = 0, float("nan")
-    pts = np.stack([xs, ys, np.ones_like(xs)], axis=0).astype(np.float64)
+    # The samples' bounding box: if its corners land inside the raw slice, all samples do.
+    box = np.array([[xs.min(), ys.min(), 1], [xs.max(), ys.min(), 1], [xs.min(), ys.max(), 1],
+                    [xs.max(), ys.max(), 1]], float).T
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
     for iterations in range(1, p.max_iterations + 1):
-        q = (w3 @ pts)[:2]
-        inside = (q[0] >= 0) & (q[0] <= raw_w - 1) & (q[1] >= 0) & (q[1] <= raw_h - 1)
-        if inside.sum() < 12:
-            break
-        iv = _sample(raw, q[0], q[1])
-        iv, t_in, sd_in = iv[inside], tv[inside].astype(np.float64), sd[inside]
+        qb = (w3 @ box)[:2]
+        all_inside = qb.min() >= 0 and qb[0].max() <= raw_w - 1 and qb[1].max() <= raw_h - 1
+        qx = (w3[0, 0] * xs + w3[0, 1] * ys + np.float32(w3[0, 2])).astype(np.float32)
+        qy = (w3[1, 0] * xs + w3[1, 1] * ys + np.float32(w3[1, 2])).astype(np.float32)
+        iv = _sample(raw, qx, qy)
+        if all_inside:
+            t_in, sd_in = tv64, sd
+        else:
+            inside = (qx >= 0) & (qx <= raw_w - 1) & (qy >= 0) & (qy <= raw_h - 1)
+            if inside.sum() < 12:
+                break
+            iv, t_in, sd_in = iv[inside], tv64[inside], sd[:, inside]
         # Gain and offset of the raw slice relative to the template (least squares).
         i_c, t_c = iv - iv.mean(), t_in - t_in.mean()
         var_i = float(i_c @ i_c)
@@ -145,13 +160,16 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         corr = float(i_c @ t_c) / np.sqrt(var_i * float(t_c @ t_c) + 1e-30)
         err = gain * i_c - t_c
         if p.robust:
-            k = 1.345 * 1.4826 * float(np.median(np.abs(err))) + 1e-12
-            wts = np.minimum(1.0, k / np.maximum(np.abs(err), 1e-12))
-            hess = (sd_in * wts[:, None]).T @ sd_in
-            rhs = sd_in.T @ (wts * err)
+            # Huber weights; the residual scale is estimated on every 8th sample.
+            abs_err = np.abs(err)
+            k = 1.345 * 1.4826 * float(np.median(abs_err[::8])) + 1e-12
+            wts = np.minimum(1.0, k / np.maximum(abs_err, 1e-12)).astype(np.float32)
+            sdw = sd_in * wts
+            hess = (sdw @ sd_in.T).astype(np.float64)
+            rhs = sdw.astype(np.float64) @ err
         else:
-            hess = sd_in.T @ sd_in
-            rhs = sd_in.T @ err
+            hess = (sd_in @ sd_in.T).astype(np.float64)
+            rhs = sd_in.astype(np.float64) @ err
         try:
             dp = np.linalg.solve(hess, rhs)
         except np.linalg.LinAlgError:
@@ -159,32 +177,82 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         delta = np.array([[1 + dp[0], dp[2], dp[4]], [dp[1], 1 + dp[3], dp[5]], [0, 0, 1.0]])
         delta_px = frame @ delta @ frame_inv
         w3 = w3 @ np.linalg.inv(delta_px)
-        corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
         moved = np.abs(delta_px @ corners - corners)[:2].max()
         if moved < p.tolerance_px:
             break
     return w3[:2], iterations, corr
 
 
+def fast_params(parameters: dict[str, Any] | None = None) -> FastParams:
+    """:class:`FastParams` with the config's overrides (unknown keys are ignored)."""
+    known = set(FastParams.__dataclass_fields__)
+    return FastParams(**{k: v for k, v in (parameters or {}).items() if k in known})
+
+
+def _levels(shape_yx: tuple[int, int], p: FastParams) -> tuple[int, int]:
+    """Number of pyramid levels, and the finest level refined, for an image of this shape."""
+    levels = 1
+    while max(shape_yx) / 2 ** levels >= p.coarsest_side:
+        levels += 1
+    finest = p.finest_level
+    if finest is None:
+        finest = 0
+        while max(shape_yx) / 2 ** finest > p.finest_side and finest < levels - 1:
+            finest += 1
+    return levels, min(finest, levels - 1)
+
+
+def finest_level(canvas_shape_yx: tuple[int, int], parameters: dict[str, Any] | None = None) -> int:
+    """The finest pyramid level the fast back-end refines on for this canvas (0 = full size).
+
+    The pipeline builds the template at this level (:func:`level_image`), since finer
+    template pixels would never be read.
+    """
+    return _levels(canvas_shape_yx, fast_params(parameters))[1]
+
+
+def level_image(image: np.ndarray, level: int, parameters: dict[str, Any] | None = None) -> np.ndarray:
+    """``image`` smoothed and reduced to pyramid ``level`` exactly as the back-end does it."""
+    p = fast_params(parameters)
+    out = np.ascontiguousarray(image, dtype=np.float32)
+    if p.smooth_sigma > 0:
+        out = cv2.GaussianBlur(out, (0, 0), p.smooth_sigma)
+    for _ in range(level):
+        out = cv2.pyrDown(out)
+    return out
+
+
+def level_shape(shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
+    """Shape of pyramid ``level`` of an image of ``shape_yx`` (``cv2.pyrDown`` rounds up)."""
+    h, w = shape_yx
+    for _ in range(level):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return int(h), int(w)
+
+
 def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None, initial: np.ndarray,
-                  parameters: dict[str, Any] | None = None) -> RegistrationResult:
+                  parameters: dict[str, Any] | None = None, template_level: int = 0,
+                  raw_level: int = 0) -> RegistrationResult:
     """Affine (output -> raw) of ``raw`` onto ``template``, starting from ``initial``.
 
     Parameters
     ----------
     raw : 2-D array, the raw slice
-    template : 2-D float array on the output canvas
+    template : 2-D float array on the output canvas, or on its pyramid level
+        ``template_level`` (then already smoothed: built from :func:`level_image` images)
     template_mask : bool array of usable template pixels, or None for all
-    initial : (2, 3) start (the pre-alignment)
+    initial : (2, 3) start (the pre-alignment), in full-resolution pixels
     parameters : overrides of :class:`FastParams` fields
+    template_level : pyramid level of ``template`` (0 = full resolution)
+    raw_level : 0, or ``template_level`` when ``raw`` is given as :func:`level_image` of it
+        (the pipeline has it already: it built the template from such images)
 
     Returns
     -------
     RegistrationResult
         ``metrics`` holds the iterations per level and the final correlation.
     """
-    known = set(FastParams.__dataclass_fields__)
-    p = FastParams(**{k: v for k, v in (parameters or {}).items() if k in known})
+    p = fast_params(parameters)
     raw = np.ascontiguousarray(raw, dtype=np.float32)
     template = np.ascontiguousarray(template, dtype=np.float32)
     mask = np.ones(template.shape, bool) if template_mask is None else np.asarray(template_mask, bool)
@@ -194,21 +262,23 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
         template = np.where(mask, template, np.float32(template[mask].mean() if mask.any() else 0.0))
         r = int(np.ceil(3 * p.smooth_sigma)) + 2
         mask = cv2.erode(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    if raw_level not in (0, template_level):
+        raise ValueError(f"raw_level {raw_level} must be 0 or the template level {template_level}")
     if p.smooth_sigma > 0:
-        raw = cv2.GaussianBlur(raw, (0, 0), p.smooth_sigma)
-        template = cv2.GaussianBlur(template, (0, 0), p.smooth_sigma)
-    levels = 1
-    while max(template.shape) / 2 ** levels >= p.coarsest_side:
-        levels += 1
-    raw_pyr, tmpl_pyr, mask_pyr = _pyramid(raw, levels), _pyramid(template, levels), _mask_pyramid(mask, levels)
+        if raw_level == 0:
+            raw = cv2.GaussianBlur(raw, (0, 0), p.smooth_sigma)
+        if template_level == 0:
+            template = cv2.GaussianBlur(template, (0, 0), p.smooth_sigma)
+    base = template_level
+    levels, finest = _levels((template.shape[0] << base, template.shape[1] << base), p)
+    if base:  # a template given at a level is refined down to that level
+        levels, finest = max(levels, base + 1), base
+    raw_pyr = [None] * raw_level + _pyramid(raw, levels - raw_level)
+    tmpl_pyr = [None] * base + _pyramid(template, levels - base)
+    mask_pyr = [None] * base + _mask_pyramid(mask, levels - base)
     warp = as_affine(initial).copy()
     iterations = []
     corr = float("nan")
-    finest = p.finest_level
-    if finest is None:
-        finest = 0
-        while max(template.shape) / 2 ** finest > p.finest_side and finest < levels - 1:
-            finest += 1
     for level in range(levels - 1, finest - 1, -1):
         f = 2.0 ** level
         w_level = warp.copy()
