@@ -123,12 +123,17 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--backends", nargs="+", default=["fast", "elastix"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep the synthetic stacks here and reuse them on the next run")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            data = _prepare(size, args.slices, 11, Path(tmp))
+            work = Path(args.keep) if args.keep else Path(tmp)
+            data = work / f"s{size}"
+            if not (data / "prealign.json").exists() or len(list((data / "raw").iterdir())) != args.slices:
+                data = _prepare(size, args.slices, 11, work)
             for backend in args.backends:
                 q = ctx.Queue()
                 p = ctx.Process(target=_run_backend, args=(backend, data, args.pairs, q))

@@ -31,6 +31,13 @@ class InputConfig:
 class TemplateConfig:
     median_radius: int = 7
     leave_one_out: bool = True
+    # Pass 2 rebuilds the templates without the slices pass 1 found distorted (auto-focus
+    # events: a linear correction moving the canvas corners by more than this many px), from
+    # the pre-aligned slices ("prealigned") or from pass 1's results ("corrected"). Measured on
+    # synthetic stacks (benchmarks/accuracy.py --variants) "prealigned" with 1 px is best:
+    # pass-1 results of an event's neighbours carry the event's pull on their templates.
+    second_pass_from: str = "prealigned"
+    outlier_distortion_px: float = 1.0
 
 
 @dataclass
@@ -82,6 +89,7 @@ class RunConfig:
         _choice("register.backend", self.register.backend, ("elastix", "fast"))
         _choice("warp.order", self.warp.order, ("cubic", "linear", "nearest"))
         _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
+        _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
         if self.template.median_radius < 0:
             raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
         if self.register.passes not in (1, 2):

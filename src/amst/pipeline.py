@@ -28,11 +28,11 @@ from .parallel import default_workers, ordered_map
 from .prealign import prealign, to_transforms
 from .imageops import finite_float32, is_blank
 from .prealign.xcorr import PhaseCorrelation
-from .register import check_result, register, sampled_ncc, template_level
+from .register import check_result, distortion_px, register, sampled_ncc, template_level
 from .register.fast import level_image, level_shape
 from .stack import Stack, VoxelSize, create_writer, open_stack
 from .template import sliding_templates, window_bounds
-from .transform import at_level, translation
+from .transform import at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
 from .warp import warp_slice
 
@@ -292,6 +292,19 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, templ
 
 # -- orchestration ---------------------------------------------------------------------------
 
+def _distorted(corrected: np.ndarray, prealigned: np.ndarray, canvas: tuple[int, int], cfg: RunConfig) -> np.ndarray:
+    """Slices whose first-pass correction changed their shape a lot (auto-focus events)."""
+    limit = cfg.template.outlier_distortion_px
+    d = np.array([distortion_px(compose(invert(p), c), canvas) for p, c in zip(prealigned, corrected)])
+    log.info("pass-1 distortion px: median %.2f, p90 %.2f, max %.2f", np.median(d), np.percentile(d, 90), d.max())
+    if limit <= 0:
+        return np.zeros(len(d), bool)
+    out = d > limit
+    if out.any():
+        log.info("left out of pass-2 templates (distortion > %.1f px): %s", limit, np.flatnonzero(out).tolist())
+    return out
+
+
 def _blocks(todo: list[int], size: int) -> list[tuple[int, int]]:
     """Runs of consecutive slice indices, cut into blocks of at most ``size``."""
     blocks: list[tuple[int, int]] = []
@@ -493,7 +506,10 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
             if not final:
                 ok = np.array([results[z]["status"] == "ok" for z in range(n)])
                 template_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
-                excluded = excluded | ~ok
+                corrected = np.array([results[z]["affine"] for z in range(n)])
+                if cfg.template.second_pass_from == "prealigned":
+                    template_affines = prealign_affines
+                excluded = excluded | ~ok | _distorted(corrected, prealign_affines, canvas, cfg)
     finally:
         close()
 

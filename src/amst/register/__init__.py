@@ -67,6 +67,16 @@ def sampled_ncc(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, affine:
     return ncc(sampled, t, mask[::step, ::step] & np.isfinite(sampled) & np.isfinite(t))
 
 
+def distortion_px(correction: np.ndarray, canvas_shape_yx: tuple[int, int]) -> float:
+    """How far the linear part (scale, shear, rotation) of ``correction`` moves the canvas
+    corners about its centre, in px: large for auto-focus or scan distortions, near 0 for
+    a shift."""
+    h, w = canvas_shape_yx
+    half = np.array([[w - 1, h - 1], [w - 1, 1 - h], [1 - w, h - 1], [1 - w, 1 - h]], float) / 2
+    linear = np.asarray(correction, float)[:, :2] - np.eye(2)
+    return float(np.linalg.norm(half @ linear.T, axis=1).max())
+
+
 def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], max_scale_change: float,
                  max_shear: float, max_shift_px: float, ncc_before: float, ncc_after: float,
                  min_ncc_gain: float, min_ncc: float = 0.0) -> str:
@@ -91,4 +101,4 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["register", "template_level", "check_result", "sampled_ncc", "RegistrationResult", "BACKENDS"]
+__all__ = ["register", "template_level", "check_result", "distortion_px", "sampled_ncc", "RegistrationResult", "BACKENDS"]
