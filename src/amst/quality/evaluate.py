@@ -60,6 +60,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         "run": str(run), "slices": len(tf.slices),
         "status_counts": {k: statuses.count(k) for k in ("ok", "fallback", "blank", "failed")},
         "residual": summarise_residual(sw.residual_px, pixel_nm),
+        "jitter_residual": summarise_residual(sw.jitter_residual_px, pixel_nm),
         "crops": [vars(c) for c in sw.crops],
         "neighbour_ncc_median": float(np.nanmedian(sw.neighbour_ncc)) if np.isfinite(sw.neighbour_ncc).any() else None,
         "pixel_nm": pixel_nm,
@@ -69,6 +70,8 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         "status": statuses,
         "neighbour_ncc": sw.neighbour_ncc.tolist(),
         **{f"residual_crop{k}_px": r.tolist() for k, r in enumerate(sw.residual_px)},
+        **{f"jitter_residual_crop{k}_px": r.tolist() for k, r in enumerate(sw.jitter_residual_px)},
+        **{f"shift_crop{k}_xy_px": r.tolist() for k, r in enumerate(sw.shift_xy)},
         **{k: v.tolist() for k, v in transform_parameters(tf).items()},
     }
     truth_doc = None
@@ -105,7 +108,7 @@ def write_json(evals: list[Evaluation], path: str | Path) -> None:
 
 def comparison_table(evals: list[Evaluation]) -> str:
     """One plain-text table comparing runs (``amst evaluate RUN1 RUN2 ...``)."""
-    head = f"{'run':<30}{'ok':>5}{'fallback':>9}{'residual mean':>15}{'residual max':>14}{'NCC':>7}"
+    head = f"{'run':<30}{'ok':>5}{'fallback':>9}{'residual mean':>15}{'residual max':>14}{'jitter res.':>13}{'NCC':>7}"
     has_gt = any("ground_truth" in e.summary for e in evals)
     if has_gt:
         head += f"{'GT median px':>14}{'GT p95 px':>11}{'AF px':>8}{'drift px':>10}"
@@ -116,8 +119,10 @@ def comparison_table(evals: list[Evaluation]) -> str:
         unit = res[0]["unit"] if res else ""
         mean = np.nanmean([r["mean"] for r in res]) if res else float("nan")
         mx = np.nanmax([r["max"] for r in res]) if res else float("nan")
+        jit = np.nanmean([r["mean"] for r in s["jitter_residual"]]) if res else float("nan")
         line = (f"{Path(s['run']).name[:29]:<30}{s['status_counts']['ok']:>5}{s['status_counts']['fallback']:>9}"
-                f"{mean:>11.2f} {unit:<3}{mx:>10.2f} {unit:<3}{(s['neighbour_ncc_median'] or float('nan')):>7.3f}")
+                f"{mean:>11.2f} {unit:<3}{mx:>10.2f} {unit:<3}{jit:>9.2f} {unit:<3}"
+                f"{(s['neighbour_ncc_median'] or float('nan')):>7.3f}")
         if has_gt:
             g = s.get("ground_truth") or {}
             af = g.get("autofocus_rms_px_mean")

@@ -27,20 +27,25 @@ def _contrast(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 
-def plot_residual(residual_px: np.ndarray, ncc: np.ndarray, pixel_nm: float | None, statuses: list[str],
-                  path: Path) -> None:
-    """The paper's Fig. 3b: residual shift to the previous slice per crop, plus neighbour NCC."""
+def plot_residual(residual_px: np.ndarray, jitter_residual_px: np.ndarray, ncc: np.ndarray, pixel_nm: float | None,
+                  statuses: list[str], path: Path) -> None:
+    """The paper's Fig. 3b (residual shift to the previous slice per crop), the same without
+    the sample's slow motion with depth, and neighbour NCC."""
     factor, unit = (pixel_nm, "nm") if pixel_nm else (1.0, "px")
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    fig, (a, j, b) = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 2, 1]})
     for k, r in enumerate(residual_px):
         a.plot(r * factor, lw=0.8, label=f"crop {k + 1}")
-    a.set_ylabel(f"residual shift ({unit})")
+    for k, r in enumerate(jitter_residual_px):
+        j.plot(r * factor, lw=0.8, label=f"crop {k + 1}")
+    a.set_ylabel(f"residual ({unit})")
     a.set_title("Residual misalignment to the previous slice (lower is better)")
     a.legend(loc="upper right", fontsize=8)
+    j.set_ylabel(f"jitter residual ({unit})")
+    j.set_title("The same without the sample's slow motion with depth (slice-to-slice misalignment)", fontsize=10)
     b.plot(ncc, color="k", lw=0.8)
     b.set_ylabel("NCC with previous")
     b.set_xlabel("slice")
-    for ax in (a, b):
+    for ax in (a, j, b):
         _mark_flags(ax, statuses)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -5,6 +5,14 @@ re-registers each slice to the previous one inside each crop and reports the shi
 where the alignment is right, a local re-registration finds nothing to correct. We use
 phase correlation with sub-pixel refinement, a method independent of the ones that
 aligned the stack (NCC template matching, Gauss-Newton, elastix).
+
+The shift between neighbouring slices also holds the sample's own motion with depth
+(membranes oblique to the slices slide sideways a little at every slice, for many slices
+in a row), which is not a misalignment. :func:`jitter_residual` removes that slowly varying
+part (a running median of the shift vectors along z) and keeps what changes from slice
+to slice. On synthetic stacks it ranks slices by their true misalignment far better
+(Spearman 0.77-0.80 against 0.26-0.43 for the plain residual,
+``benchmarks/residual_vs_truth.py``); the plain residual stays reported, as in the paper.
 """
 
 from __future__ import annotations
@@ -36,11 +44,52 @@ class SliceSweep:
     """Everything one pass over an aligned stack measures."""
 
     crops: list[Crop]
-    residual_px: np.ndarray          # (n_crops, n) |shift| to the previous slice; NaN for z = 0 / failures
+    shift_xy: np.ndarray             # (n_crops, n, 2) shift to the previous slice; NaN for z = 0 / failures
     neighbour_ncc: np.ndarray        # (n,) NCC with the previous slice over the covered centre
     reslice_xz: np.ndarray           # (n, W) the row through the middle of the canvas
     reslice_yz: np.ndarray           # (n, H) the column through the middle
     extra: dict = field(default_factory=dict)
+
+    @property
+    def residual_px(self) -> np.ndarray:
+        """(n_crops, n) the paper's residual: |shift| to the previous slice."""
+        return np.linalg.norm(self.shift_xy, axis=2)
+
+    @property
+    def jitter_residual_px(self) -> np.ndarray:
+        """(n_crops, n) the residual without the sample's slow motion (:func:`jitter_residual`)."""
+        return np.array([jitter_residual(s) for s in self.shift_xy]).reshape(self.shift_xy.shape[:2])
+
+
+JITTER_WINDOW = 15
+
+
+def jitter_residual(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.ndarray:
+    """|shift - running median of the shifts| along z, per slice (NaN-aware).
+
+    Parameters
+    ----------
+    shift_xy : (n, 2) shift of each slice to the previous one; NaN where not measured
+    window : slices in the running median (odd)
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) px; NaN where the shift is NaN.
+    """
+    shifts = np.asarray(shift_xy, dtype=float)
+    n = len(shifts)
+    if n == 0:
+        return np.zeros(0)
+    half = window // 2
+    padded = np.pad(shifts, ((half, half), (0, 0)), mode="constant", constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (n, 2, window)
+    valid = np.isfinite(windows).any(axis=2)
+    slow = np.full((n, 2), np.nan)
+    if valid.any():
+        with np.errstate(all="ignore"):
+            slow[valid] = np.nanmedian(windows[valid], axis=1)
+    return np.linalg.norm(shifts - slow, axis=1)
 
 
 def choose_crops(image: np.ndarray, size: int = 512, count: int = 2) -> list[Crop]:
@@ -91,7 +140,7 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -
     if crops is None:
         crops = choose_crops(stack.read(n // 2), crop_size)
     pc = PhaseCorrelation(max_side=10**6, upsample=20)
-    residual = np.full((len(crops), n), np.nan)
+    shifts = np.full((len(crops), n, 2), np.nan)
     ncc = np.full(n, np.nan)
     xz = np.zeros((n, w), dtype=np.float32)
     yz = np.zeros((n, h), dtype=np.float32)
@@ -108,10 +157,10 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -
             for k, (a, b) in enumerate(zip(prev_desc, descs)):
                 m = pc.match(a, b)
                 if m.ok:
-                    residual[k, z] = float(np.hypot(*m.shift_xy))
+                    shifts[k, z] = m.shift_xy
             ncc[z] = image_ncc(prev_centre, centre, (prev_centre != 0) & (centre != 0))
         prev_desc, prev_centre = descs, centre
-    return SliceSweep(crops, residual, ncc, xz, yz)
+    return SliceSweep(crops, shifts, ncc, xz, yz)
 
 
 def summarise_residual(residual_px: np.ndarray, pixel_nm: float | None) -> list[dict]:
