@@ -35,7 +35,7 @@ def _prepare(size: int, n: int, seed: int, workdir: Path) -> Path:
     return data
 
 
-def _pairs(data: Path, count: int, backend: str):
+def _pairs(data: Path, count: int, backend: str, full_templates: bool = False):
     """(z, raw, template, mask, level, prealign affine, ideal affine, is_af) for ``count`` slices.
 
     The template is built as ``amst run`` builds it for ``backend``: for fast, on the
@@ -57,7 +57,7 @@ def _pairs(data: Path, count: int, backend: str):
     pre = tf.affines
     n = len(stack)
     canvas = tuple(tf.canvas_shape_yx)
-    level = template_level(backend, None, canvas)
+    level = 0 if full_templates else template_level(backend, None, canvas)
     af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
     comp = np.array([compose(g, p) for g, p in zip(gt["maps"], pre)])
     glob = np.median(comp[~af], axis=0)
@@ -86,7 +86,7 @@ def _error(a: np.ndarray, ideal: np.ndarray, shape) -> float:
     return float(np.sqrt((np.linalg.norm(apply_to_points(a, g) - apply_to_points(ideal, g), axis=1) ** 2).mean()))
 
 
-def _run_backend(backend: str, data: Path, count: int, queue) -> None:
+def _run_backend(backend: str, data: Path, count: int, full_templates: bool, queue) -> None:
     from threadpoolctl import threadpool_limits
     import cv2
 
@@ -102,7 +102,7 @@ def _run_backend(backend: str, data: Path, count: int, queue) -> None:
     rows = []
     with threadpool_limits(1):
         warmed = False
-        for z, raw, tmpl, mask, level, pre, ideal, is_af in _pairs(data, count, backend):
+        for z, raw, tmpl, mask, level, pre, ideal, is_af in _pairs(data, count, backend, full_templates):
             if not warmed:  # the first elastix call loads ITK (many seconds): not a per-slice cost
                 t = time.perf_counter()
                 run(raw, tmpl, mask, level, pre)
@@ -123,6 +123,9 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--backends", nargs="+", default=["fast", "elastix"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--full-templates", action="store_true",
+                    help="give every back-end the same full-resolution templates (fast then refines on its "
+                         "pyramid level from them) instead of each its own, as amst run builds them")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep the synthetic stacks here and reuse them on the next run")
     args = ap.parse_args()
@@ -136,7 +139,7 @@ def main() -> None:
                 data = _prepare(size, args.slices, 11, work)
             for backend in args.backends:
                 q = ctx.Queue()
-                p = ctx.Process(target=_run_backend, args=(backend, data, args.pairs, q))
+                p = ctx.Process(target=_run_backend, args=(backend, data, args.pairs, args.full_templates, q))
                 p.start()
                 out = q.get()
                 p.join()

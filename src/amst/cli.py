@@ -84,10 +84,14 @@ def info(path: str, pattern: str | None, dataset: str | None, as_json: bool, vox
 @click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint8", show_default=True)
 @click.option("--no-marks", is_flag=True, help="No alignment marks in the platinum cap.")
 @click.option("--texture", default=None, help="Real 2-D EM image used as cytoplasm texture (e.g. real_2d/*.h5).")
+@click.option("--warp-z-scale", type=float, default=None,
+              help="Depth (px) over which membranes bend sideways [default 45]; larger: structures slide less "
+                   "with depth, so content-based pre-alignment drifts less.")
 @click.option("--out-format", type=click.Choice(["tiff", "zarr"]), default="tiff", show_default=True)
 @click.option("--clean", is_flag=True, help="Also write the undistorted noise-free volume.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
-def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, out_format, clean, workers) -> None:
+def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z_scale, out_format, clean,
+          workers) -> None:
     """Write a synthetic FIB-SEM stack with exact ground truth to OUT."""
     from tqdm import tqdm
 
@@ -95,7 +99,7 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, out_fo
 
     cfg = SynthConfig(shape=tuple(shape), preset=preset, seed=seed, dtype=dtype,
                       voxel_size=VoxelSize.from_values(*voxel_size), marks=False if no_marks else None,
-                      texture=texture)
+                      texture=texture, warp_z_scale=warp_z_scale)
     t0 = time.perf_counter()
     with tqdm(total=shape[0], desc="synth", unit="slice") as bar:
         synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update)

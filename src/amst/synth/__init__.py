@@ -46,11 +46,14 @@ class SynthConfig:
     voxel_size: VoxelSize = VoxelSize(8.0, 5.0, 5.0)
     marks: bool | None = None
     texture: str | None = None
+    warp_z_scale: float | None = None  # None: the phantom's default (see PhantomParams)
 
     def phantom_params(self) -> PhantomParams:
         params = PhantomParams(**PRESETS[self.preset]["phantom"])
         if self.marks is not None:
             params.marks = self.marks
+        if self.warp_z_scale is not None:
+            params.warp_z_scale = float(self.warp_z_scale)
         if self.texture:
             params.texture_image = _load_texture(self.texture)
         return params
@@ -219,6 +222,8 @@ def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: 
         "seed": cfg.seed,
         "z_step_px": cfg.z_step,
         "acquisition": cfg.acquisition_params().to_dict(),
+        "phantom": {"marks": phantom.params.marks, "warp_z_scale": phantom.params.warp_z_scale,
+                    "texture": cfg.texture},
         "marks_roi_xywh": marks_roi,
         "slices": [
             {"index": z, "name": names[z], "map": to_list(a.raw_to_volume), "events": a.events,

@@ -31,6 +31,7 @@ class PhantomParams:
     mitos_per_cell: float = 2.5
     vesicle_clusters_per_cell: float = 1.5
     membrane_sigma: float = 1.3
+    warp_z_scale: float = 45.0    # z length over which the membranes' bending changes
     cap_height: float = 0.15  # fraction of the image height taken by the platinum cap
     marks: bool = True
     texture_image: np.ndarray | None = field(default=None, repr=False)
@@ -164,11 +165,12 @@ class Phantom:
         return marks
 
     # -- sampling -----------------------------------------------------------------------
-    def _noise(self, x: np.ndarray, y: np.ndarray, z: float, scale: float, layer: int = 0) -> np.ndarray:
-        """Smooth 3-D noise at feature size ``scale`` px, sampled at (x, y, z)."""
+    def _noise(self, x: np.ndarray, y: np.ndarray, z: float, scale: float, layer: int = 0,
+               z_scale: float | None = None) -> np.ndarray:
+        """Smooth 3-D noise at feature size ``scale`` px (``z_scale`` along z), sampled at (x, y, z)."""
         planes = self.noise_planes
         d, n, _ = planes.shape
-        zf = z / scale + 7.3 * layer
+        zf = z / (z_scale or scale) + 7.3 * layer
         z0 = int(np.floor(zf))
         w = np.float32(zf - z0)
         # cv2.remap's BORDER_WRAP only folds coordinates near the border, so wrap here.
@@ -231,8 +233,9 @@ class Phantom:
 
         # A smooth domain warp bends the Voronoi facets into curved membranes.
         bend = 0.25 * p.cell_size
-        label, boundary = self._cells(x + bend * self._noise(x, y, z, 45.0, 2),
-                                      y + bend * self._noise(x, y, z, 45.0, 3), z)
+        zs = p.warp_z_scale
+        label, boundary = self._cells(x + bend * self._noise(x, y, z, 45.0, 2, zs),
+                                      y + bend * self._noise(x, y, z, 45.0, 3, zs), z)
         resin = self.is_resin[label]
         fine = self._noise(x, y, z, 2.5, 0)
         blotch = self._noise(x, y, z, 14.0, 1)
