@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..imageops import ncc as image_ncc
+from ..parallel import default_workers, ordered_map
 from ..prealign.xcorr import PhaseCorrelation
 from ..stack import Stack
 
@@ -134,8 +135,15 @@ def _box(integral: np.ndarray, x: int, y: int, s: int) -> float:
     return float(integral[y + s, x + s] - integral[y, x + s] - integral[y + s, x] + integral[y, x])
 
 
-def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -> SliceSweep:
-    """One read of every slice: residual per crop, neighbour NCC and the two reslices."""
+def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, workers: int | None = None) -> SliceSweep:
+    """One read of every slice: residual per crop, neighbour NCC and the two reslices.
+
+    Slices are read and transformed to the frequency domain on ``workers`` threads (all
+    cores by default); BLAS runs one thread each, which the small matrix products of the
+    sub-pixel refinement need (more threads only burn CPU on them).
+    """
+    from threadpoolctl import threadpool_limits
+
     n, h, w = stack.shape
     if crops is None:
         crops = choose_crops(stack.read(n // 2), crop_size)
@@ -144,22 +152,25 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512) -
     ncc = np.full(n, np.nan)
     xz = np.zeros((n, w), dtype=np.float32)
     yz = np.zeros((n, h), dtype=np.float32)
+    cy0, cy1, cx0, cx1 = h // 4, 3 * h // 4, w // 4, 3 * w // 4
+
+    def read(z: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+        img = stack.read(z)
+        return img[h // 2].copy(), img[:, w // 2].copy(), [pc.describe(c.take(img)) for c in crops], \
+            img[cy0:cy1:2, cx0:cx1:2].copy()
+
     prev_desc: list = []
     prev_centre = None
-    cy0, cy1, cx0, cx1 = h // 4, 3 * h // 4, w // 4, 3 * w // 4
-    for z in range(n):
-        img = stack.read(z)
-        xz[z] = img[h // 2]
-        yz[z] = img[:, w // 2]
-        descs = [pc.describe(c.take(img)) for c in crops]
-        centre = img[cy0:cy1:2, cx0:cx1:2]
-        if z > 0:
-            for k, (a, b) in enumerate(zip(prev_desc, descs)):
-                m = pc.match(a, b)
-                if m.ok:
-                    shifts[k, z] = m.shift_xy
-            ncc[z] = image_ncc(prev_centre, centre, (prev_centre != 0) & (centre != 0))
-        prev_desc, prev_centre = descs, centre
+    with threadpool_limits(1):
+        for z, (row, col, descs, centre) in enumerate(ordered_map(read, range(n), default_workers(workers))):
+            xz[z], yz[z] = row, col
+            if z > 0:
+                for k, (a, b) in enumerate(zip(prev_desc, descs)):
+                    m = pc.match(a, b)
+                    if m.ok:
+                        shifts[k, z] = m.shift_xy
+                ncc[z] = image_ncc(prev_centre, centre, (prev_centre != 0) & (centre != 0))
+            prev_desc, prev_centre = descs, centre
     return SliceSweep(crops, shifts, ncc, xz, yz)
 
 
