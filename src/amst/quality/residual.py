@@ -17,6 +17,8 @@ to slice. On synthetic stacks it ranks slices by their true misalignment far bet
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -159,18 +161,26 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
         return img[h // 2].copy(), img[:, w // 2].copy(), [pc.describe(c.take(img)) for c in crops], \
             img[cy0:cy1:2, cx0:cx1:2].copy()
 
-    prev_desc: list = []
-    prev_centre = None
-    with threadpool_limits(1):
-        for z, (row, col, descs, centre) in enumerate(ordered_map(read, range(n), default_workers(workers))):
+    def compare(z: int, prev: tuple[list, np.ndarray], cur: tuple[list, np.ndarray]) -> None:
+        for k, (a, b) in enumerate(zip(prev[0], cur[0])):
+            m = pc.match(a, b)
+            if m.ok:
+                shifts[k, z] = m.shift_xy
+        ncc[z] = image_ncc(prev[1], cur[1], (prev[1] != 0) & (cur[1] != 0))
+
+    n_workers = default_workers(workers)
+    previous = None
+    pending: deque = deque()
+    with threadpool_limits(1), ThreadPoolExecutor(n_workers) as pool:
+        for z, (row, col, descs, centre) in enumerate(ordered_map(read, range(n), n_workers)):
             xz[z], yz[z] = row, col
-            if z > 0:
-                for k, (a, b) in enumerate(zip(prev_desc, descs)):
-                    m = pc.match(a, b)
-                    if m.ok:
-                        shifts[k, z] = m.shift_xy
-                ncc[z] = image_ncc(prev_centre, centre, (prev_centre != 0) & (centre != 0))
-            prev_desc, prev_centre = descs, centre
+            if previous is not None:
+                pending.append(pool.submit(compare, z, previous, (descs, centre)))
+                while len(pending) > 2 * n_workers:  # bounded: each holds two slices' spectra
+                    pending.popleft().result()
+            previous = (descs, centre)
+        for fut in pending:
+            fut.result()
     return SliceSweep(crops, shifts, ncc, xz, yz)
 
 
