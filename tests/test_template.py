@@ -61,3 +61,24 @@ def test_masked_median_is_exact_across_row_tiles():
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanmedian(w, axis=0).astype(np.float32)
     np.testing.assert_array_equal(masked_median(w), expected)
+
+
+def test_window_shrinks_symmetrically_at_the_ends():
+    from amst.template import window_members
+
+    assert window_indices(2, 20, 7, leave_out=True, ends="shrink") == [0, 1, 3, 4]
+    assert window_indices(0, 20, 7, leave_out=True, ends="shrink") == [0]  # only itself: keeps its pre-alignment
+    assert window_indices(18, 20, 7, ends="shrink") == [17, 18, 19]
+    assert window_indices(10, 20, 7, ends="shrink") == window_indices(10, 20, 7)
+    assert [o for o, _ in window_members(3, 20, 7, leave_out=True, ends="shrink")] == [-3, -2, -1, 1, 2, 3]
+
+
+def test_balanced_window_drops_the_mirror_partner_of_a_missing_slice():
+    n, r = 30, 3
+    slices = [np.full((4, 4), float(i), np.float32) for i in range(n)]
+    slices[14] = np.full((4, 4), np.nan, np.float32)  # left out (e.g. auto-focus)
+    plain = dict(sliding_templates(iter(slices), 0, n, r, 15, 16, leave_out=True))
+    balanced = dict(sliding_templates(iter(slices), 0, n, r, 15, 16, leave_out=True, balanced=True))
+    # members of 15: 12, 13, 14 (missing), 16, 17, 18; balanced also drops 16
+    assert plain[15][0, 0] == np.median([12, 13, 16, 17, 18])
+    assert balanced[15][0, 0] == np.median([12, 13, 17, 18])

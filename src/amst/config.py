@@ -38,6 +38,8 @@ class TemplateConfig:
     # pass-1 results of an event's neighbours carry the event's pull on their templates.
     second_pass_from: str = "prealigned"
     outlier_distortion_px: float = 1.0
+    balanced: bool = False   # a slice left out of a window also takes out its mirror partner
+    ends: str = "shrink"     # mirror | shrink: the window at the stack ends (see amst.template)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class RunConfig:
         _choice("warp.order", self.warp.order, ("cubic", "linear", "nearest"))
         _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
         _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
+        _choice("template.ends", self.template.ends, ("mirror", "shrink"))
         if self.template.median_radius < 0:
             raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
         if self.register.passes not in (1, 2):

@@ -223,7 +223,8 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
 
     results = []
     t_start = time.perf_counter()
-    for z, template in sliding_templates(stream(), lo, n, radius, first, last, cfg.template.leave_one_out):
+    for z, template in sliding_templates(stream(), lo, n, radius, first, last, cfg.template.leave_one_out,
+                                         cfg.template.balanced, cfg.template.ends):
         t_templ = time.perf_counter() - t_start
         timings[z]["template"] += t_templ
         raw, image = raws.pop(z)
