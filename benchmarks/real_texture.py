@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from accuracy import _overrides  # benchmarks/accuracy.py, beside this script
 from amst.pipeline import align
 from amst.quality.ground_truth import slice_errors
 from amst.stack import VoxelSize, create_writer, open_stack
@@ -66,8 +67,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--median-radius", type=int, default=7)
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override (YAML value), repeatable")
     args = ap.parse_args()
-    print(f"prealign {args.prealign}, backend {args.backend}, median radius {args.median_radius}, passes {args.passes}")
+    overrides = _overrides(args.set)
+    print(f"prealign {args.prealign}, backend {args.backend}, median radius {args.median_radius}, passes {args.passes}"
+          + (f", {' '.join(args.set)}" if args.set else ""))
     print(f"{'dataset':<22}{'shape':>16}{'prealign med':>13}{'AMST med':>10}{'AMST p95':>10}{'AF pre':>8}{'AF AMST':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for k, (name, vol) in enumerate(volumes(Path(args.shared))):
@@ -76,7 +81,7 @@ def main() -> None:
             w = create_writer(d / "raw", "tiff", raw.shape, raw.dtype, VoxelSize(8, 5, 5))
             for z in range(len(raw)):
                 w.write(z, raw[z])
-            res = align(d / "raw", d / "out", prealign=args.prealign, backend=args.backend, workers=args.workers,
+            res = align(d / "raw", d / "out", overrides, prealign=args.prealign, backend=args.backend, workers=args.workers,
                         median_radius=args.median_radius, passes=args.passes, progress=False)
             tf = res.transforms
             pre = np.array([s.prealign for s in tf.slices])
