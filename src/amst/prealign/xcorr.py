@@ -74,9 +74,11 @@ class PhaseCorrelation:
         if a.blank or b.blank:
             return PairMeasurement(np.zeros(2), 0.0, False, "blank slice")
         cross = b.spectrum * np.conj(a.spectrum)
-        cross /= np.maximum(np.abs(cross), 1e-12)
-        cross *= self._weight(cross.shape)
-        surface = scipy.fft.ifft2(cross, workers=1).real
+        magnitude = np.abs(cross)
+        np.maximum(magnitude, 1e-12, out=magnitude)
+        np.divide(self._weight(cross.shape), magnitude, out=magnitude)
+        cross *= magnitude  # whitened (phase only), then the low-pass weight
+        surface = scipy.fft.ifft2(cross, workers=1, overwrite_x=False).real
         iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
         m, n = surface.shape
         cy = iy - m if iy > m // 2 else iy
