@@ -162,10 +162,10 @@ def _registration_image(job: _Job, raw: np.ndarray) -> np.ndarray:
     return level_image(image, job.template_level, job.cfg.register.fast) if job.template_level else image
 
 
-def _template_member(job: _Job, z: int, raw: np.ndarray, image: np.ndarray) -> np.ndarray:
+def _template_member(job: _Job, z: int, raw: np.ndarray, image: np.ndarray | None) -> np.ndarray:
     """Slice ``z`` as it enters the median: on the canvas (at the template level), NaN where
     it has no data, all NaN for a slice kept out of templates. ``image`` is
-    :func:`_registration_image` of ``raw``."""
+    :func:`_registration_image` of ``raw`` (None when the template reads the pre-aligned stack)."""
     level = job.template_level
     shape = level_shape(job.canvas, level)
     if job.excluded[z] or is_blank(raw):
@@ -213,8 +213,10 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
             raw = job.stack.read(z)
             t_read = time.perf_counter() - t0
             t0 = time.perf_counter()
-            image = _registration_image(job, raw)
-            if first <= z < last:
+            registered = first <= z < last
+            from_stack = job.prealigned_stack is not None and job.template_affines is job.prealign_affines
+            image = _registration_image(job, raw) if registered or not from_stack else None
+            if registered:
                 raws[z] = (raw, image)
                 timings[z]["read"] += t_read
             member = _template_member(job, z, raw, image)
@@ -476,7 +478,7 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     if level:
         log.info("template built on pyramid level %d (%dx%d), where the %s back-end refines", level,
                  *level_shape(canvas, level)[::-1], cfg.register.backend)
-    template_affines = prealign_affines
+    template_affines = start_affines = prealign_affines
     excluded = np.array([s.status != "ok" for s in pre_tf.slices])
     todo: list[int] = []
     per_pass: list[int] = []
@@ -491,9 +493,8 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
             done = _read_journal(journal, n) if resuming else {}
             todo = [z for z in range(n) if z not in done]
             block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
-            job = _Job(stack, prealigned_stack, prealign_affines, template_affines,
-                       template_affines if pass_index > 1 else prealign_affines, excluded, canvas, cfg,
-                       writer_spec if final else None, journal, level)
+            job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
+                       cfg, writer_spec if final else None, journal, level)
             if done:
                 log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
             results = dict(done)
@@ -505,12 +506,13 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
                         results[e["index"]] = e
                     bar.update(len(entries))
             if not final:
+                # The next pass starts from this one's results; its templates place slices by
+                # them or by the pre-alignment (template.second_pass_from).
                 ok = np.array([results[z]["status"] == "ok" for z in range(n)])
-                template_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
-                corrected = np.array([results[z]["affine"] for z in range(n)])
-                if cfg.template.second_pass_from == "prealigned":
-                    template_affines = prealign_affines
-                excluded = excluded | ~ok | _distorted(corrected, prealign_affines, canvas, cfg)
+                start_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
+                if cfg.template.second_pass_from == "corrected":
+                    template_affines = start_affines
+                excluded = excluded | ~ok | _distorted(start_affines, prealign_affines, canvas, cfg)
     finally:
         close()
 
