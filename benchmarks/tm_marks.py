@@ -1,6 +1,6 @@
 """Template-matching pre-alignment error at the marks against ground truth.
 
-    python benchmarks/tm_marks.py DATA_DIR
+    python benchmarks/tm_marks.py DATA_DIR [none|affine]
 
 DATA_DIR is an ``amst synth`` output with marks. Prints median and max of the position
 error at the centre of the (auto) template ROI, overall and split into auto-focus and other
@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from amst.prealign import PrealignConfig, prealign, to_transforms
-from amst.prealign.template_matching import match_template
+from amst.prealign.template_matching import affine_refined_position, match_template
 from amst.quality.ground_truth import error_at_point
 from amst.stack import open_stack
 from amst.synth import load_ground_truth
@@ -24,7 +24,7 @@ from amst.synth.phantom import Phantom, PhantomParams
 from amst.transform import apply_to_points, invert
 
 
-def subpixel_rms(noise: bool, trials: int = 40) -> float:
+def subpixel_rms(noise: bool, trials: int = 40, refine: bool = False) -> float:
     p = Phantom((100, 512, 512), 1, PhantomParams())
     rng = np.random.default_rng(0)
     base = p.render(np.array([[1.0, 0, 0], [0, 1, 0]]), 10, (160, 512))
@@ -35,15 +35,17 @@ def subpixel_rms(noise: bool, trials: int = 40) -> float:
         if noise:
             img = add_noise(img, AcquisitionParams(), rng)
         x, y, _ = match_template(img, base[40:100, 100:400])
+        if refine:
+            x, y = affine_refined_position(img, base[40:100, 100:400], x, y)
         errs.append([x - 100 + d[0], y - 40 + d[1]])
     return float(np.sqrt((np.array(errs) ** 2).sum(1).mean()))
 
 
-def main(data: str) -> None:
+def main(data: str, refine: str = "none") -> None:
     stack = open_stack(f"{data}/raw")
     gt = load_ground_truth(f"{data}/ground_truth.json")
     t = time.perf_counter()
-    res = prealign(stack, PrealignConfig(method="tm"))
+    res = prealign(stack, PrealignConfig(method="tm", tm_refine=refine))
     seconds = time.perf_counter() - t
     tf = to_transforms(stack, res)
     x, y, w, h = res.info["roi_xywh_px"]
@@ -56,7 +58,9 @@ def main(data: str) -> None:
           f"auto-focus slices ({af.sum()}): median {np.median(r[af]):.3f}, max {r[af].max():.3f}")
     print(f"sub-pixel peak fit on exact shifts: {subpixel_rms(False):.4f} px RMS clean, "
           f"{subpixel_rms(True):.4f} px RMS with shot noise")
+    print(f"with the affine refinement: {subpixel_rms(False, refine=True):.4f} px RMS clean, "
+          f"{subpixel_rms(True, refine=True):.4f} px RMS with shot noise")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *sys.argv[2:3])  # optional second argument: tm_refine (none | affine)

@@ -41,6 +41,7 @@ class PrealignConfig:
     min_score: float = 0.5
     tm_sigma: float = 1.5
     peak_fit: str = "gaussian"
+    tm_refine: str = "affine"  # affine: read each TM position at the ROI centre of an affine fit (auto-focus)
     gaps: tuple[int, ...] = (1, 2, 4, 8, 16)
     xcorr_prefilter: str = "gaussian"
     xcorr_max_side: int = 1024
@@ -54,6 +55,8 @@ class PrealignConfig:
             raise ValueError(f"prealign method: {self.method!r} is not one of {', '.join(METHODS)}")
         if self.roi_units not in ("px", "nm"):
             raise ValueError(f"roi_units: {self.roi_units!r} must be 'px' or 'nm'")
+        if self.tm_refine not in ("none", "affine"):
+            raise ValueError(f"tm_refine: {self.tm_refine!r} must be 'none' or 'affine'")
         if self.canvas not in ("union", "input"):
             raise ValueError(f"canvas: {self.canvas!r} must be 'union' or 'input'")
         if not self.gaps or any(int(g) < 1 for g in self.gaps):
@@ -154,7 +157,7 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
             vs = stack.voxel_size
             roi = (roi[0] / vs.x, roi[1] / vs.y, roi[2] / vs.x, roi[3] / vs.y)
     tracked = track_template(stack, roi, roi_slice, cfg.search_margin, cfg.min_score, cfg.peak_fit,
-                             workers, progress, cfg.tm_sigma)
+                             workers, progress, cfg.tm_sigma, cfg.tm_refine == "affine")
     ok = ~np.isnan(tracked.positions[:, 0])
     translations = tracked.positions - tracked.positions[roi_slice]
     translations = _interpolate(translations, ok)

@@ -37,9 +37,37 @@ def match_template(search: np.ndarray, template: np.ndarray, peak_fit: str = "ga
     return x, y, float(peak)
 
 
+def affine_refined_position(image: np.ndarray, template: np.ndarray, x: float, y: float,
+                            max_move_px: float = 2.0) -> tuple[float, float]:
+    """Top-left ``(x, y)`` of the translation that puts the template's centre where it really is.
+
+    Normalised cross-correlation of a translated template finds where the marks match best
+    on average. When the pixel size changed (auto-focus), the marks spread or shrink about
+    the focus point, and that average sits at the marks' centroid rather than at the ROI
+    centre. An affine fit of the template at the NCC position (the fast back-end, one
+    level, from there), read at the template's centre, removes that bias. A fit that moves
+    the centre by more than ``max_move_px`` is not trusted: the NCC position is kept.
+    """
+    from ..register.fast import register_fast
+    from ..transform import apply_to_points, translation
+
+    th, tw = template.shape
+    centre = np.array([[(tw - 1) / 2.0, (th - 1) / 2.0]])
+    try:
+        fit = register_fast(image, template, None, translation(x, y),
+                            {"smooth_sigma": 0.0, "finest_level": 0, "coarsest_side": 10**9})
+    except (ValueError, np.linalg.LinAlgError):
+        return x, y
+    shift = apply_to_points(fit.affine, centre)[0] - centre[0]
+    if not np.all(np.isfinite(shift)) or np.hypot(shift[0] - x, shift[1] - y) > max_move_px:
+        return x, y
+    return float(shift[0]), float(shift[1])
+
+
 def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice: int, search_margin: int = 64,
                    min_score: float = 0.5, peak_fit: str = "gaussian", workers: int = 1,
-                   progress: Callable[[int], None] | None = None, sigma: float = 1.5) -> TrackResult:
+                   progress: Callable[[int], None] | None = None, sigma: float = 1.5,
+                   refine: bool = False) -> TrackResult:
     """Find the ROI of ``roi_slice`` in every slice, searching around its last position.
 
     Tracking runs outward from ``roi_slice`` in both directions. A slice whose peak is
@@ -48,7 +76,8 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
     edge of the search window triggers one wider search. Both the template and the slices
     are smoothed with a Gaussian of ``sigma`` px first: FIB-SEM shot noise otherwise caps
     the NCC of thin marks near 0.4 (measured on ``amst synth``); smoothing both alike
-    does not move the peak.
+    does not move the peak. With ``refine`` each position is corrected by
+    :func:`affine_refined_position`.
     """
     smooth = (lambda im: cv2.GaussianBlur(finite_float32(im), (0, 0), sigma)) if sigma > 0 else finite_float32
     n, h, w = stack.shape
@@ -73,10 +102,11 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
             if is_blank(image):
                 blank[z], reasons[z] = True, "blank slice"
             else:
-                found = _search(smooth(image), template, last, search_margin, peak_fit)
+                smoothed = smooth(image)
+                found = _search(smoothed, template, last, search_margin, peak_fit)
                 scores[z] = found[2]
                 if found[2] >= min_score:
-                    positions[z] = found[:2]
+                    positions[z] = affine_refined_position(smoothed, template, *found[:2]) if refine else found[:2]
                     last = positions[z].copy()
                 else:
                     reasons[z] = f"NCC peak {found[2]:.2f} < {min_score}"
