@@ -75,6 +75,11 @@ class _Job:
     journal: Path
     template_level: int = 0        # pyramid level the back-end reads the template at
 
+    @property
+    def templates_from_prealigned_stack(self) -> bool:
+        """Template slices are read from the ``--prealigned`` stack instead of being warped."""
+        return self.prealigned_stack is not None and self.template_affines is self.prealign_affines
+
 
 # -- output folder, journal -----------------------------------------------------------------
 
@@ -170,7 +175,7 @@ def _template_member(job: _Job, z: int, raw: np.ndarray, image: np.ndarray | Non
     shape = level_shape(job.canvas, level)
     if job.excluded[z] or is_blank(raw):
         return np.full(shape, np.nan, np.float32)  # a bad slice must not pull the median
-    if job.prealigned_stack is not None and job.template_affines is job.prealign_affines:
+    if job.templates_from_prealigned_stack:
         placed = finite_float32(job.prealigned_stack.read(z))
         return level_image(placed, level, job.cfg.register.fast) if level else placed
     return _prealigned_float(image, at_level(job.template_affines[z], level), shape)
@@ -203,7 +208,7 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     lo, _ = window_bounds(first, n, radius)
     _, hi = window_bounds(last - 1, n, radius)
     writer = create_writer(**job.writer, mode="a") if job.writer else None
-    raws: dict[int, np.ndarray] = {}
+    raws: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slice -> (raw, registration image)
     timings: dict[int, dict[str, float]] = {z: dict.fromkeys(STAGES, 0.0) for z in range(first, last)}
     template_time = [0.0]
 
@@ -214,8 +219,8 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
             t_read = time.perf_counter() - t0
             t0 = time.perf_counter()
             registered = first <= z < last
-            from_stack = job.prealigned_stack is not None and job.template_affines is job.prealign_affines
-            image = _registration_image(job, raw) if registered or not from_stack else None
+            needed = registered or not job.templates_from_prealigned_stack
+            image = _registration_image(job, raw) if needed else None
             if registered:
                 raws[z] = (raw, image)
                 timings[z]["read"] += t_read

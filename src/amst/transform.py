@@ -100,7 +100,8 @@ def at_level(m: np.ndarray, level: int) -> np.ndarray:
     """The map ``m`` (pixels -> pixels) between pyramid ``level`` images of both frames.
 
     Pyramid pixel ``i`` sits at full-resolution pixel ``2**level * i`` (``cv2.pyrDown``),
-    so the linear part is unchanged and the translation shrinks.
+    so the linear part is unchanged and the translation shrinks. ``at_level(m, -level)``
+    maps back to full resolution.
     """
     out = as_affine(m).copy()
     out[:, 2] /= 2.0 ** level

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 
 from ..parallel import ordered_map
+from ..register.fast import register_fast
+from ..transform import apply_to_points, translation
 from ..stack import Stack
 from ..imageops import finite_float32, is_blank
 from .subpixel import fit_peak_2d
@@ -48,9 +50,6 @@ def affine_refined_position(image: np.ndarray, template: np.ndarray, x: float, y
     level, from there), read at the template's centre, removes that bias. A fit that moves
     the centre by more than ``max_move_px`` is not trusted: the NCC position is kept.
     """
-    from ..register.fast import register_fast
-    from ..transform import apply_to_points, translation
-
     th, tw = template.shape
     centre = np.array([[(tw - 1) / 2.0, (th - 1) / 2.0]])
     try:

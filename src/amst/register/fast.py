@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..transform import as_affine
+from ..transform import as_affine, at_level
 from .base import RegistrationResult
 
 
@@ -280,11 +280,7 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     iterations = []
     corr = float("nan")
     for level in range(levels - 1, finest - 1, -1):
-        f = 2.0 ** level
-        w_level = warp.copy()
-        w_level[:, 2] /= f
-        w_level, its, corr = _align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level], w_level, p)
-        warp = w_level.copy()
-        warp[:, 2] *= f
+        w_level, its, corr = _align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level], at_level(warp, level), p)
+        warp = at_level(w_level, -level)
         iterations.append(its)
     return RegistrationResult(warp, {"backend": "fast", "iterations": iterations, "correlation": corr})
