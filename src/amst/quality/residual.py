@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -53,12 +54,12 @@ class SliceSweep:
     reslice_yz: np.ndarray           # (n, H) the column through the middle
     extra: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def residual_px(self) -> np.ndarray:
         """(n_crops, n) the paper's residual: |shift| to the previous slice."""
         return np.linalg.norm(self.shift_xy, axis=2)
 
-    @property
+    @cached_property
     def jitter_residual_px(self) -> np.ndarray:
         """(n_crops, n) the residual without the sample's slow motion (:func:`jitter_residual`)."""
         return np.array([jitter_residual(s) for s in self.shift_xy]).reshape(self.shift_xy.shape[:2])
