@@ -20,16 +20,16 @@ from amst.synth import SynthConfig
 from amst.synth.phantom import Phantom
 
 
-def chained_content_drift(slices: int, size: int, warp_z_scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pairwise shifts (n-1, 2), chained drift (n-1, 2)) of an ideal phantom stack, px."""
-    cfg = SynthConfig(shape=(slices, size, size), preset="fibsem-nomarks", seed=seed, warp_z_scale=warp_z_scale)
-    phantom = Phantom((slices * cfg.z_step, size, size), seed, cfg.phantom_params())
+def chained_content_drift(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(pairwise shifts (n-1, 2), chained drift (n-1, 2)) of the ideal phantom stack of ``cfg``, px."""
+    slices, height, width = cfg.shape
+    phantom = Phantom((slices * cfg.z_step, height, width), cfg.seed, cfg.phantom_params())
     identity = np.array([[1.0, 0, 0], [0, 1, 0]])
     pc = PhaseCorrelation()
-    below_cap = int(np.ceil((phantom.params.cap_height + 0.05) * size))
+    below_cap = int(np.ceil((phantom.params.cap_height + 0.05) * height))
     previous, shifts = None, []
     for k in range(slices):
-        desc = pc.describe(phantom.render(identity, k * cfg.z_step, (size, size))[below_cap:])
+        desc = pc.describe(phantom.render(identity, k * cfg.z_step, (height, width))[below_cap:])
         if previous is not None:
             shifts.append(pc.match(previous, desc).shift_xy)
         previous = desc
@@ -46,7 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{'warp z scale':>12}{'mean |shift|':>14}{'mean shift (x, y)':>22}  chained drift every 50 slices (px)")
     for scale in args.warp_z_scale:
-        shifts, chained = chained_content_drift(args.slices, args.size, scale, args.seed)
+        cfg = SynthConfig(shape=(args.slices, args.size, args.size), preset="fibsem-nomarks", seed=args.seed,
+                          warp_z_scale=scale)
+        shifts, chained = chained_content_drift(cfg)
         drift = np.linalg.norm(chained, axis=1)[49::50]
         mean = shifts.mean(axis=0)
         print(f"{scale:>12.0f}{np.linalg.norm(shifts, axis=1).mean():>14.3f}{f'({mean[0]:+.3f}, {mean[1]:+.3f})':>22}  "

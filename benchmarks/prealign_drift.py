@@ -1,12 +1,17 @@
 """Accumulated drift of pre-alignment: global solve over several z-gaps vs chaining only.
 
-    python benchmarks/prealign_drift.py DATA_DIR [--png drift.png] [--methods features xcorr]
+    python benchmarks/prealign_drift.py DATA_DIR [--png drift.png] [--methods features xcorr] [--content-flow]
 
 DATA_DIR is an ``amst synth`` output (``fibsem-nomarks``). For each method it runs the
 pre-alignment with the default gaps (1 2 4 8 16, global robust solve) and with ``--gaps 1``
 (chaining), and reports the error of every slice position relative to the first slice at
 the centre of the field (ground-truth translation part): final, max and mean, plus the
 time per slice. The PNG shows the curves.
+
+``--content-flow`` also renders the same phantom without any acquisition (no drift, jitter
+or noise) and chains its slice-to-slice shifts: the net lateral motion of the content
+itself with depth. Content-based pre-alignment cannot tell it from stage drift, so it is
+the floor under both curves (see ``content_flow.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def main() -> None:
     ap.add_argument("--png", default="prealign_drift.png")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--content-flow", action="store_true", help="also chain the clean phantom's own motion")
     args = ap.parse_args()
     data = Path(args.data)
     stack = open_stack(data / "raw")
@@ -54,11 +60,30 @@ def main() -> None:
             curves[f"{method}: {label}"] = err
             rows.append({"method": method, "solve": label, "final_px": float(err[-1]), "max_px": float(err.max()),
                          "mean_px": float(err.mean()), "s_per_slice": seconds / len(stack), "status": status})
+    if args.content_flow:
+        from content_flow import chained_content_drift
+
+        from amst.stack import VoxelSize
+        from amst.synth import SynthConfig
+
+        vs = gt["voxel_size"]
+        cfg = SynthConfig(shape=tuple(gt["shape_zyx"]), preset=gt["preset"], seed=gt["seed"],
+                          voxel_size=VoxelSize(vs["z"], vs["y"], vs["x"]), marks=gt["phantom"]["marks"],
+                          warp_z_scale=gt["phantom"].get("warp_z_scale"))
+        shifts, chained = chained_content_drift(cfg)
+        flow = np.r_[0.0, np.linalg.norm(chained, axis=1)]
+        curves["content's own motion (clean phantom, chained)"] = flow
+        rows.append({"method": "content", "solve": "own motion (no acquisition)", "final_px": float(flow[-1]),
+                     "max_px": float(flow.max()), "mean_px": float(flow.mean()), "s_per_slice": float("nan"),
+                     "mean_shift_xy_px": shifts.mean(axis=0).tolist()})
     print(f"data: {data} {gt['shape_zyx']} preset {gt['preset']}")
     print(f"{'method':<10}{'solve':<34}{'final px':>9}{'max px':>8}{'mean px':>9}{'s/slice':>9}")
     for r in rows:
         print(f"{r['method']:<10}{r['solve']:<34}{r['final_px']:>9.2f}{r['max_px']:>8.2f}{r['mean_px']:>9.2f}"
               f"{r['s_per_slice']:>9.3f}")
+    if args.content_flow:
+        mx, my = rows[-1]["mean_shift_xy_px"]
+        print(f"content's own mean shift per slice: ({mx:+.3f}, {my:+.3f}) px")
     for method in args.methods:
         g = next(r for r in rows if r["method"] == method and r["solve"].startswith("global"))
         c = next(r for r in rows if r["method"] == method and r["solve"].startswith("chain"))
@@ -70,7 +95,8 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for name, err in curves.items():
-        ax.plot(err, lw=1, label=name, ls="-" if "global" in name else "--")
+        ax.plot(err, lw=1, label=name, ls="-" if "global" in name else (":" if "content" in name else "--"),
+                color="k" if "content" in name else None)
     ax.set_xlabel("slice")
     ax.set_ylabel("position error vs first slice (px)")
     ax.set_title("Accumulated pre-alignment drift against ground truth")

@@ -3,7 +3,7 @@ import pytest
 
 from amst.prealign import PrealignConfig, prealign, to_transforms
 from amst.prealign.pairwise import Pair, PairMeasurement
-from amst.prealign.solve import solve_positions
+from amst.prealign.solve import gap_noise, solve_positions
 from amst.prealign.template_matching import match_template
 from amst.quality.ground_truth import error_at_point
 from amst.stack import open_stack
@@ -87,12 +87,14 @@ def test_tm_roi_outside_or_featureless_is_a_clear_error(small_synth):
 
 
 def _pairs_from(truth, gaps, noise, rng, bad=()):
+    """Pairs at the given gaps; ``noise`` is one sigma for all gaps or a dict {gap: sigma}."""
     pairs = []
     n = len(truth)
     for g in gaps:
+        sigma = noise[g] if isinstance(noise, dict) else noise
         for i in range(n - g):
             j = i + g
-            d = truth[j] - truth[i] + rng.normal(0, noise, 2)
+            d = truth[j] - truth[i] + rng.normal(0, sigma, 2)
             ok = True
             if i in bad or j in bad:
                 d = rng.normal(0, 30, 2)  # a noise slice: the measurement is garbage
@@ -110,6 +112,36 @@ def test_global_solve_stops_error_accumulation():
     e_chain = np.abs(np.linalg.norm(chain - truth, axis=1)).max()
     e_joint = np.abs(np.linalg.norm(joint - truth, axis=1)).max()
     assert e_joint * 3 < e_chain, (e_joint, e_chain)
+
+
+def test_gap_noise_is_measured_from_loop_closures():
+    rng = np.random.default_rng(4)
+    n = 500
+    truth = np.cumsum(rng.normal(0, 1, (n, 2)), axis=0)
+    sigma = {1: 0.1, 2: 0.15, 4: 0.4, 8: 1.0, 16: 3.0}
+    pairs = _pairs_from(truth, list(sigma), sigma, rng)
+    i = np.array([p.i for p in pairs])
+    j = np.array([p.j for p in pairs])
+    d = np.array([p.measurement.shift_xy for p in pairs])
+    # Content that moves consistently with depth is seen by every gap alike: closures cancel it.
+    d += 0.05 * (j - i)[:, None]
+    est = gap_noise(i, j, d)
+    for g, s in sigma.items():
+        assert abs(est[g] / s - 1) < 0.25, (g, est[g], s)
+
+
+def test_global_solve_is_not_pulled_by_unmeasurable_far_gaps():
+    # Far gaps whose content changed too much (noise of px) must not make the solve worse than chaining.
+    rng = np.random.default_rng(5)
+    n = 400
+    truth = np.cumsum(rng.normal(0, 1, (n, 2)), axis=0)
+    truth -= truth[0]
+    sigma = {1: 0.1, 2: 0.3, 4: 2.0, 8: 4.0, 16: 8.0}
+    chain = solve_positions(n, _pairs_from(truth, [1], sigma, np.random.default_rng(6))).positions
+    joint = solve_positions(n, _pairs_from(truth, list(sigma), sigma, np.random.default_rng(6))).positions
+    e_chain = np.linalg.norm(chain - truth, axis=1).max()
+    e_joint = np.linalg.norm(joint - truth, axis=1).max()
+    assert e_joint < 1.1 * e_chain, (e_joint, e_chain)
 
 
 def test_global_solve_downweights_a_noise_slice():

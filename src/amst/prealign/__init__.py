@@ -107,12 +107,12 @@ def prealign(stack: Stack, cfg: PrealignConfig, workers: int | None = None,
     pair_count = np.zeros(n, dtype=int)
     resid_max = np.zeros(n)
     down = np.zeros(n, dtype=int)
-    for p, r, w in zip([p for p in pairs if p.measurement.ok and not blank[p.i] and not blank[p.j]],
-                       np.linalg.norm(solved.residuals, axis=1), solved.weights):
+    for p, r, rejected in zip([p for p in pairs if p.measurement.ok and not blank[p.i] and not blank[p.j]],
+                              np.linalg.norm(solved.residuals, axis=1), solved.rejected):
         for z in (p.i, p.j):
             pair_count[z] += 1
             resid_max[z] = max(resid_max[z], r)
-            down[z] += int(w < 0.5 / np.sqrt(p.j - p.i))
+            down[z] += int(rejected)
     status, metrics = [], []
     for z in range(n):
         if blank[z]:
@@ -130,9 +130,10 @@ def prealign(stack: Stack, cfg: PrealignConfig, workers: int | None = None,
         translations = _interpolate(translations, np.array([s == "ok" for s in status]))
     info = {"method": cfg.method, "gaps": list(cfg.gaps), "pairs": len(pairs),
             "failed_pairs": sum(not p.measurement.ok for p in pairs),
+            "noise_by_gap_px": {str(g): s for g, s in solved.noise_by_gap.items()},
             "outlier_pairs": [{"i": i, "j": j, "residual_px": r} for i, j, r in solved.outliers[:200]]}
     if solved.outliers:
-        log.warning("%d pair measurement(s) disagree with the global solution (> 1 px); e.g. %s",
+        log.warning("%d pair measurement(s) disagree with the global solution (rejected, > 1 px); e.g. %s",
                     len(solved.outliers), ", ".join(f"{i}->{j}: {r:.1f} px" for i, j, r in solved.outliers[:5]))
     return PrealignResult(translations, status, metrics, info)
 
