@@ -45,10 +45,13 @@ def volumes(shared: Path):
         yield p.stem[:20], stack
 
 
-def distort(vol: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def distort(vol: np.ndarray, seed: int, identity: bool = False) -> tuple[np.ndarray, np.ndarray]:
     n, h, w = vol.shape
     rh, rw = h - 2 * MARGIN, w - 2 * MARGIN
     params = AcquisitionParams(jump_probability=0.0, autofocus_interval=max(8.0, n / 4), drift_walk=0.05)
+    if identity:
+        params = AcquisitionParams(drift_walk=0.0, drift_linear=0.0, jitter=0.0, jump_probability=0.0,
+                                   autofocus_interval=0.0)
     acq = simulate_acquisition(n, (rh, rw), params, seed)
     maps, raw = [], []
     for z, a in enumerate(acq):
@@ -69,15 +72,18 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override (YAML value), repeatable")
+    ap.add_argument("--undistorted", action="store_true",
+                    help="no distortion at all: how far AMST moves slices of an already aligned volume "
+                         "(the floor of the error against that volume's own alignment)")
     args = ap.parse_args()
     overrides = _overrides(args.set)
     print(f"prealign {args.prealign}, backend {args.backend}, median radius {args.median_radius}, passes {args.passes}"
-          + (f", {' '.join(args.set)}" if args.set else ""))
+          + (f", {' '.join(args.set)}" if args.set else "") + (", UNDISTORTED input" if args.undistorted else ""))
     print(f"{'dataset':<22}{'shape':>16}{'prealign med':>13}{'AMST med':>10}{'AMST p95':>10}{'AF pre':>8}{'AF AMST':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for k, (name, vol) in enumerate(volumes(Path(args.shared))):
-            raw, maps = distort(vol, seed=100 + k)
-            d = Path(tmp) / name
+            raw, maps = distort(vol, seed=100 + k, identity=args.undistorted)
+            d = Path(tmp) / f"{k}_{name}"  # two crops share a name
             w = create_writer(d / "raw", "tiff", raw.shape, raw.dtype, VoxelSize(8, 5, 5))
             for z in range(len(raw)):
                 w.write(z, raw[z])

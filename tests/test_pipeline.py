@@ -90,6 +90,19 @@ def test_rerun_same_config_resumes_and_other_config_is_refused(run, data):
                    progress=False)
 
 
+def test_input_rewritten_in_place_is_not_resumed(data, tmp_path):
+    # Same path, same shape, new data: the earlier slices belong to other data and must not be reused.
+    raw = tmp_path / "raw"
+    shutil.copytree(data / "raw", raw)
+    out = tmp_path / "r"
+    amst.align(raw, out, backend="fast", workers=1, passes=1, progress=False)
+    names = sorted(p.name for p in raw.iterdir())
+    img = tifffile.imread(raw / names[3])
+    tifffile.imwrite(raw / names[3], np.roll(img, 5, axis=1))
+    with pytest.raises(ValueError, match="input files changed"):
+        amst.align(raw, out, backend="fast", workers=1, passes=1, progress=False)
+
+
 def test_resume_after_lost_slices_recomputes_only_those(data, tmp_path):
     out = tmp_path / "r"
     first = amst.align(data / "raw", out, backend="fast", workers=1, passes=1, progress=False)

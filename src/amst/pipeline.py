@@ -88,8 +88,24 @@ def _output_name(cfg: RunConfig) -> str:
 
 
 def _config_digest(cfg: RunConfig, stack: Stack) -> str:
-    d = {"config": cfg.result_affecting(), "input": str(stack.path), "shape": list(stack.shape)}
+    d = {"config": cfg.result_affecting(), "input": str(stack.path), "shape": list(stack.shape),
+         "input_files": _input_fingerprint(Path(stack.path))}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _input_fingerprint(path: Path) -> str:
+    """Digest of the names, sizes and modification times of every file of the input.
+
+    A resumed run reuses slices computed earlier; if the input was rewritten in place (same
+    path and shape, new data) those slices would silently belong to other data. Reading
+    metadata only keeps this cheap for stacks of many large files.
+    """
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _prepare_out(out: Path, input_path: Path, digest: str, overwrite: bool) -> bool:
@@ -107,8 +123,8 @@ def _prepare_out(out: Path, input_path: Path, digest: str, overwrite: bool) -> b
                 return True
             if not overwrite:
                 raise ValueError(
-                    f"{out} holds a run with different parameters or input; pass --overwrite to replace it, "
-                    "or choose another OUT"
+                    f"{out} holds a run with different parameters or input (or input files changed since); "
+                    "pass --overwrite to replace it, or choose another OUT"
                 )
         elif not overwrite:
             raise ValueError(f"{out} exists and holds other files; choose an empty or new OUT (or --overwrite)")
