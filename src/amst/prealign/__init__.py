@@ -132,6 +132,9 @@ def prealign(stack: Stack, cfg: PrealignConfig, workers: int | None = None,
             "failed_pairs": sum(not p.measurement.ok for p in pairs),
             "noise_by_gap_px": {str(g): s for g, s in solved.noise_by_gap.items()},
             "outlier_pairs": [{"i": i, "j": j, "residual_px": r} for i, j, r in solved.outliers[:200]]}
+    if solved.noise_by_gap:
+        log.info("pair noise per z-gap (from loop closures; far gaps count less): %s",
+                 ", ".join(f"{g}: {v:.2f} px" for g, v in sorted(solved.noise_by_gap.items())))
     if solved.outliers:
         log.warning("%d pair measurement(s) disagree with the global solution (rejected, > 1 px); e.g. %s",
                     len(solved.outliers), ", ".join(f"{i}->{j}: {r:.1f} px" for i, j, r in solved.outliers[:5]))
