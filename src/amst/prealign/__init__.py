@@ -44,6 +44,7 @@ class PrealignConfig:
     tm_refine: str = "affine"  # affine: read each TM position at the ROI centre of an affine fit (auto-focus)
     gaps: tuple[int, ...] = (1, 2, 4, 8, 16)
     xcorr_prefilter: str = "gaussian"
+    xcorr_whitening: float = 0.5  # 1: phase correlation; 0.5: half-whitened (less noise-driven)
     xcorr_max_side: int = 1024
     feature_max_side: int = 768
     max_features: int = 1500
@@ -61,6 +62,9 @@ class PrealignConfig:
             raise ValueError(f"canvas: {self.canvas!r} must be 'union' or 'input'")
         if not self.gaps or any(int(g) < 1 for g in self.gaps):
             raise ValueError(f"gaps: {list(self.gaps)} must be positive integers")
+        if not 0.0 <= self.xcorr_whitening <= 1.0:
+            raise ValueError(f"xcorr_whitening: {self.xcorr_whitening} must be between 0 (plain correlation) "
+                             "and 1 (phase correlation)")
         if self.search_margin < 1:
             raise ValueError(f"search_margin: {self.search_margin} must be >= 1 px")
 
@@ -89,7 +93,8 @@ def prealign(stack: Stack, cfg: PrealignConfig, workers: int | None = None,
         return PrealignResult(np.zeros((n, 2)), ["ok"] * n, [{} for _ in range(n)], {"method": "none"})
     if cfg.method == "tm":
         return _prealign_tm(stack, cfg, workers, progress)
-    estimator = (PhaseCorrelation(max_side=cfg.xcorr_max_side, prefilter=cfg.xcorr_prefilter)
+    estimator = (PhaseCorrelation(max_side=cfg.xcorr_max_side, prefilter=cfg.xcorr_prefilter,
+                                  whitening=cfg.xcorr_whitening)
                  if cfg.method == "xcorr" else
                  SiftTranslation(max_side=cfg.feature_max_side, max_features=cfg.max_features,
                                  min_inliers=cfg.min_inliers))
