@@ -83,7 +83,9 @@ class PhaseCorrelation:
         cross = b.spectrum * np.conj(a.spectrum)
         magnitude = np.abs(cross)
         np.maximum(magnitude, 1e-12, out=magnitude)
-        if self.whitening != 1.0:
+        if self.whitening == 0.5:
+            np.sqrt(magnitude, out=magnitude)  # ten times faster than np.power
+        elif self.whitening != 1.0:
             np.power(magnitude, self.whitening, out=magnitude)
         np.divide(self._weight(cross.shape), magnitude, out=magnitude)
         cross *= magnitude  # whitened (phase only), then the low-pass weight
