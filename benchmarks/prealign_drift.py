@@ -67,9 +67,10 @@ def main() -> None:
         from amst.synth import SynthConfig
 
         vs = gt["voxel_size"]
+        phantom = gt.get("phantom", {})  # absent in files written before it was recorded: preset defaults
         cfg = SynthConfig(shape=tuple(gt["shape_zyx"]), preset=gt["preset"], seed=gt["seed"],
-                          voxel_size=VoxelSize(vs["z"], vs["y"], vs["x"]), marks=gt["phantom"]["marks"],
-                          warp_z_scale=gt["phantom"].get("warp_z_scale"))
+                          voxel_size=VoxelSize(vs["z"], vs["y"], vs["x"]), marks=phantom.get("marks"),
+                          warp_z_scale=phantom.get("warp_z_scale"))
         shifts, chained = chained_content_drift(cfg)
         flow = np.r_[0.0, np.linalg.norm(chained, axis=1)]
         curves["content's own motion (clean phantom, chained)"] = flow
