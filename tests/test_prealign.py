@@ -144,6 +144,25 @@ def test_global_solve_is_not_pulled_by_unmeasurable_far_gaps():
     assert e_joint < 1.1 * e_chain, (e_joint, e_chain)
 
 
+def test_global_solve_without_loop_closures_still_rejects_a_bad_pair():
+    # Gaps 2 and 3 form no closure (3 is not a multiple of 2): the noise is scaled from the fit instead.
+    rng = np.random.default_rng(7)
+    n = 80
+    truth = np.cumsum(rng.normal(0, 0.5, (n, 2)), axis=0)
+    truth -= truth[0]
+    pairs = _pairs_from(truth, [1, 2, 3], 0.05, rng)
+    pairs = [p for p in pairs if p.j - p.i != 1 or p.i % 2 == 0]  # every other gap-1 pair: still connected
+    clean = solve_positions(n, [p for p in pairs if (p.i, p.j) != (40, 43)]).positions
+    bad = next(p for p in pairs if (p.i, p.j) == (40, 43))
+    bad.measurement.shift_xy[:] += 8.0
+    res = solve_positions(n, pairs)
+    assert not res.noise_by_gap
+    # The bad pair is as good as absent (the solution without it has its own random walk).
+    assert np.abs(res.positions - clean).max() < 0.01
+    assert [(i, j) for i, j, _ in res.outliers] == [(40, 43)]
+    assert res.rejected.sum() <= 3
+
+
 def test_global_solve_downweights_a_noise_slice():
     rng = np.random.default_rng(3)
     n = 60

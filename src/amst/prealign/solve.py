@@ -69,9 +69,10 @@ def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: i
     gap = j - i
     sigma_by_gap = gap_noise(i, j, d)
     sigma = np.array([sigma_by_gap.get(int(g), np.nan) for g in gap]) if gap.size else np.zeros(0)
-    if gap.size and not np.all(np.isfinite(sigma)):
-        # No loop closures to measure the noise with: assume it grows with the gap as the content changes.
-        sigma = _MIN_SIGMA * np.sqrt(np.maximum(gap, 1.0))
+    measured = bool(gap.size) and bool(np.all(np.isfinite(sigma)))
+    if not measured:
+        # No loop closures (e.g. gaps 2 and 3): start equal, then scale by the first fit's residuals.
+        sigma = np.sqrt(np.maximum(gap, 1.0))
     prior = 1.0 / sigma ** 2
 
     touched = np.zeros(n, dtype=bool)
@@ -91,6 +92,11 @@ def solve_positions(n: int, pairs: list[Pair], reference: int = 0, iterations: i
             ref = reference if reference in comp else comp[0]
             positions[comp] = _weighted_lsq(comp, ref, i, j, d, weights)
         resid = positions[j] - positions[i] - d
+        if it == 0 and not measured:
+            # Noise grows like a random walk with the gap; its scale is what the least-squares fit leaves.
+            scale = max(1.4826 * float(np.median(np.linalg.norm(resid, axis=1) / sigma)), 0.05)
+            sigma = scale * sigma
+            prior = 1.0 / sigma ** 2
         u = np.linalg.norm(resid, axis=1) / sigma  # residual in units of its pair's noise
         if it < iterations // 2:
             # Huber first (convex: cannot lock onto a solution pulled by gross outliers) ...
@@ -116,8 +122,9 @@ def gap_noise(i: np.ndarray, j: np.ndarray, d: np.ndarray, min_closures: int = 8
     same slices should agree; their difference (a closure) has variance
     ``sigma_G**2 + (G / g) * sigma_g**2`` and no content motion, which both sides see.
     Winsorised closure variances for every such pairing of gaps give a small non-negative
-    least-squares problem for the ``sigma_g``, constrained to grow with the gap. Residuals of the joint fit cannot be used
-    instead: the best-weighted gap fits its own noise and would look ever better.
+    least-squares problem for the ``sigma_g``, constrained to grow with the gap. Residuals
+    of the joint fit cannot be used instead: the best-weighted gap fits its own noise and
+    would look ever better.
 
     Parameters
     ----------
