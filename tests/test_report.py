@@ -114,3 +114,38 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     # matplotlib's default blue (#1f77b4) exists only if the plot images were loaded and drawn.
     blue = (np.abs(img - np.array([31, 119, 180])).sum(axis=2) < 40).sum()
     assert blue > 200, blue
+
+
+def test_crops_avoid_the_moving_edge_of_the_covered_canvas():
+    # Slices shifted by a few px leave thin zero strips at the canvas edge, at a different place in
+    # each slice; dark pixels clipped to 0 are scattered inside. A crop must not take the strips (their
+    # edge is the strongest "texture" and moves with each slice's translation), and the scattered
+    # zeros must not count as uncovered.
+    from amst.quality.residual import choose_crops, common_coverage
+
+    rng = np.random.default_rng(3)
+    h, w = 300, 260
+    content = (rng.random((h, w)) * 200 + 20).astype(np.uint8)
+    slices = []
+    for z in range(12):
+        img = content.copy()
+        img[rng.random((h, w)) < 0.002] = 0
+        left, top = z % 4, (z * 7) % 3
+        img[:, :left] = 0
+        img[:top, :] = 0
+        slices.append(img)
+
+    class Slices:
+        shape = (len(slices), h, w)
+
+        def read(self, z):
+            return slices[z]
+
+    covered = common_coverage(Slices())
+    assert covered[h // 2, w // 2] and covered[100:200, 20:240].all()
+    assert not covered[:, :4].any() and not covered[:3].any()
+    crops = choose_crops(slices[6], size=128, count=2, covered=covered)
+    assert len(crops) == 2
+    for c in crops:
+        assert c.x >= 4 and c.y >= 3 and c.x + c.size <= w and c.y + c.size <= h
+        assert covered[c.y:c.y + c.size, c.x:c.x + c.size].all()

@@ -96,42 +96,97 @@ def jitter_residual(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.nda
     return np.linalg.norm(shifts - slow, axis=1)
 
 
-def choose_crops(image: np.ndarray, size: int = 512, count: int = 2) -> list[Crop]:
+def choose_crops(image: np.ndarray, size: int = 512, count: int = 2, covered: np.ndarray | None = None) -> list[Crop]:
     """Well-textured crops as far apart as possible (paper's criteria), shrunk for small images.
 
     The image is divided into ``count`` horizontal bands (top to bottom); in each band the
-    crop with the most texture (mean gradient magnitude, uncovered zero areas excluded)
-    wins.
+    crop with the most texture (gradient magnitude) wins, among crops that lie wholly in
+    ``covered``: the canvas pixels that every slice covers (default: the non-zero pixels of
+    ``image``). The edge of the covered area is not texture: it would win every time, and
+    in the other slices it moves with their own translation, not with the alignment error.
     """
     img = np.asarray(image, dtype=np.float32)
     h, w = img.shape
-    size = int(min(size, h // max(2, count), w // 2))
-    size = max(size, 16)
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0)
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1)
-    energy = cv2.magnitude(gx, gy)
-    covered = (img != 0).astype(np.float32)
-    integral_e = cv2.integral(energy)
-    integral_c = cv2.integral(covered)
+    inside = _covered(img) if covered is None else np.asarray(covered, dtype=bool)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
+    integral_e = cv2.integral(cv2.magnitude(gx, gy) * inside)
+    integral_c = cv2.integral(inside)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if not rows.size:
+        side = max(16, int(min(size, h // 2, w // 2)))
+        return [Crop((w - side) // 2, (h - side) // 2, side)]
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    size = max(16, int(min(size, (y1 - y0) // max(2, count), (x1 - x0) // 2)))
+    crops: list[Crop] = []
+    # A slanted or ragged covered area may not hold full-size crops in every band: shrink.
+    for _ in range(6):
+        crops = _best_crops(integral_e, integral_c, (y0, y1, x0, x1), size, count)
+        if len(crops) == count or size <= 64:
+            break
+        size = max(16, int(size * 0.85))
+    return crops or [Crop((x0 + x1 - size) // 2, (y0 + y1 - size) // 2, size)]
+
+
+def _best_crops(integral_e: np.ndarray, integral_c: np.ndarray, box: tuple[int, int, int, int], size: int,
+                count: int) -> list[Crop]:
+    """The most textured wholly covered crop in each of ``count`` bands of ``box`` (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = box
+    step = max(4, size // 16)
+    band_h = (y1 - y0) / count
     crops = []
-    step = max(8, size // 8)
-    band_h = h / count
     for b in range(count):
         best, best_score = None, -1.0
-        y_lo, y_hi = int(b * band_h), int(min(h - size, (b + 1) * band_h - size // 2))
-        for y in range(max(0, y_lo), max(y_lo, y_hi) + 1, step):
-            for x in range(0, w - size + 1, step):
-                cov = _box(integral_c, x, y, size) / size ** 2
-                if cov < 0.99:
+        y_lo = int(y0 + b * band_h)
+        y_hi = int(min(y1 - size, y0 + (b + 1) * band_h - size // 2))
+        for y in range(y_lo, max(y_lo, y_hi) + 1, step):
+            for x in range(x0, max(x0, x1 - size) + 1, step):
+                if y + size > integral_c.shape[0] - 1 or x + size > integral_c.shape[1] - 1:
+                    continue
+                if _box(integral_c, x, y, size) < 0.999 * size ** 2:
                     continue
                 score = _box(integral_e, x, y, size)
                 if score > best_score:
                     best, best_score = Crop(x, y, size), score
         if best is not None:
             crops.append(best)
-    if not crops:
-        crops.append(Crop((w - size) // 2, (h - size) // 2, size))
     return crops
+
+
+def common_coverage(stack: Stack, samples: int = 9, margin_fraction: float = 0.015) -> np.ndarray:
+    """Canvas pixels covered in every one of ``samples`` evenly spaced slices, shrunk by
+    ``margin_fraction`` of the shorter side for the slices in between.
+
+    Worked out on every ``step``-th pixel (about 512 px across): crops are placed to a few
+    pixels, and the margin is wider than that.
+    """
+    n, h, w = stack.shape
+    step = max(1, min(h, w) // 512)
+    zs = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(samples, n))} | {n // 2})
+    covered = None
+    for z in zs:
+        c = _covered(stack.read(z)[::step, ::step])
+        covered = c if covered is None else covered & c
+    margin = max(1, int(round(margin_fraction * min(h, w) / step)))
+    kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+    # The canvas edge counts as uncovered too: a slice not sampled may stop short of it.
+    small = cv2.erode(covered.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.repeat(np.repeat(small, step, axis=0), step, axis=1)[:h, :w].astype(bool)
+
+
+def _covered(image: np.ndarray) -> np.ndarray:
+    """Where a slice has data. The canvas a slice does not cover is zero and touches the canvas
+    edge (a slice's footprint is convex); zero pixels inside the data (dark pixels clipped to
+    0) are data."""
+    zeros = (np.asarray(image) == 0).astype(np.uint8)
+    if not zeros.any():
+        return np.ones(zeros.shape, dtype=bool)
+    count, labels = cv2.connectedComponents(zeros, connectivity=4)
+    outside = np.zeros(count, dtype=bool)
+    outside[np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]]] = True
+    outside[0] = False  # label 0: the non-zero pixels
+    return ~outside[labels]
 
 
 def _box(integral: np.ndarray, x: int, y: int, s: int) -> float:
@@ -149,7 +204,7 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
 
     n, h, w = stack.shape
     if crops is None:
-        crops = choose_crops(stack.read(n // 2), crop_size)
+        crops = choose_crops(stack.read(n // 2), crop_size, covered=common_coverage(stack))
     # 0.1 px grid + parabola: ~0.01 px. Half whitening: full phase correlation gives the noisy
     # high frequencies as much say as the structure (Spearman with the true error on a TM-only
     # run, benchmarks/residual_vs_truth.py: 0.600 whitened, 0.650 half-whitened).
