@@ -101,8 +101,8 @@ def choose_crops(image: np.ndarray, size: int = 512, count: int = 2, covered: np
 
     The image is divided into ``count`` horizontal bands (top to bottom); in each band the
     crop with the most texture (gradient magnitude) wins, among crops that lie wholly in
-    ``covered``: the canvas pixels that every slice covers (default: the non-zero pixels of
-    ``image``). The edge of the covered area is not texture: it would win every time, and
+    ``covered``: the canvas pixels that every slice covers (:func:`common_coverage`; default:
+    where ``image`` itself has data). The edge of the covered area is not texture: it would win every time, and
     in the other slices it moves with their own translation, not with the alignment error.
     """
     img = np.asarray(image, dtype=np.float32)
