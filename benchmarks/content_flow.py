@@ -27,19 +27,24 @@ import tifffile
 from amst.prealign.xcorr import PhaseCorrelation
 from amst.stack import VoxelSize
 from amst.synth import SynthConfig
-from amst.synth.phantom import Phantom
+
+
+def clean_slices(cfg: SynthConfig, first_z: float = 0.0):
+    """The ideal phantom stack of ``cfg`` (no acquisition at all), below the cap, slice by slice."""
+    slices, height, width = cfg.shape
+    phantom = cfg.phantom()
+    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
+    below_cap = int(np.ceil((phantom.params.cap_height + 0.05) * height))
+    for k in range(slices):
+        yield phantom.render(identity, first_z + k * cfg.z_step, (height, width))[below_cap:]
 
 
 def chained_content_drift(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     """(pairwise shifts (n-1, 2), chained drift (n-1, 2)) of the ideal phantom stack of ``cfg``, px."""
-    slices, height, width = cfg.shape
-    phantom = Phantom((slices * cfg.z_step, height, width), cfg.seed, cfg.phantom_params())
-    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
     pc = PhaseCorrelation()
-    below_cap = int(np.ceil((phantom.params.cap_height + 0.05) * height))
     previous, shifts = None, []
-    for k in range(slices):
-        desc = pc.describe(phantom.render(identity, k * cfg.z_step, (height, width))[below_cap:])
+    for image in clean_slices(cfg):
+        desc = pc.describe(image)
         if previous is not None:
             shifts.append(pc.match(previous, desc).shift_xy)
         previous = desc
@@ -65,15 +70,11 @@ def real_crops(shared: Path) -> None:
         m = median_shift_by_gap(vol)
         print(f"{p.stem.split('_sample')[0]:<40}{_Z_STEPS.get(p.stem.split('_')[0], float('nan')):>15.2f}   "
               + " / ".join(f"{v:.2f}" for v in m.values()))
-    identity = np.array([[1.0, 0, 0], [0, 1, 0]])
     for z_step in (1.6, 3.75):
         for scale in (45.0, 300.0):
             cfg = SynthConfig(shape=(32, 256, 256), preset="fibsem-nomarks", seed=3, warp_z_scale=scale,
                               voxel_size=VoxelSize(z_step * 5.0, 5.0, 5.0))
-            phantom = Phantom((32 * cfg.z_step, 256, 256), cfg.seed, cfg.phantom_params())
-            below_cap = int(np.ceil((phantom.params.cap_height + 0.05) * 256))
-            vol = np.stack([phantom.render(identity, 100 + k * cfg.z_step, (256, 256))[below_cap:] for k in range(32)])
-            m = median_shift_by_gap(vol)
+            m = median_shift_by_gap(np.stack(list(clean_slices(cfg, first_z=100.0))))
             print(f"{f'phantom, warp z scale {scale:.0f}':<40}{z_step:>15.2f}   " + " / ".join(f"{v:.2f}" for v in m.values()))
 
 

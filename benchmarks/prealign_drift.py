@@ -63,15 +63,9 @@ def main() -> None:
     if args.content_flow:
         from content_flow import chained_content_drift
 
-        from amst.stack import VoxelSize
         from amst.synth import SynthConfig
 
-        vs = gt["voxel_size"]
-        phantom = gt.get("phantom", {})  # absent in files written before it was recorded: preset defaults
-        cfg = SynthConfig(shape=tuple(gt["shape_zyx"]), preset=gt["preset"], seed=gt["seed"],
-                          voxel_size=VoxelSize(vs["z"], vs["y"], vs["x"]), marks=phantom.get("marks"),
-                          warp_z_scale=phantom.get("warp_z_scale"))
-        shifts, chained = chained_content_drift(cfg)
+        shifts, chained = chained_content_drift(SynthConfig.from_ground_truth(gt))
         flow = np.r_[0.0, np.linalg.norm(chained, axis=1)]
         curves["content's own motion (clean phantom, chained)"] = flow
         rows.append({"method": "content", "solve": "own motion (no acquisition)", "final_px": float(flow[-1]),

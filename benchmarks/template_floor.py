@@ -21,9 +21,8 @@ import numpy as np
 from amst.imageops import finite_float32
 from amst.quality.ground_truth import output_to_volume
 from amst.register import register
-from amst.stack import VoxelSize, open_stack
+from amst.stack import open_stack
 from amst.synth import SynthConfig, load_ground_truth
-from amst.synth.phantom import Phantom
 from amst.transform import apply_to_points, compose
 from amst.transforms_io import load_transforms
 
@@ -39,12 +38,9 @@ def main() -> None:
     gt = load_ground_truth(data / "ground_truth.json")
     tf = load_transforms(run / "transforms.json")
     raw = open_stack(data / "raw")
-    n, h, w = gt["shape_zyx"]
-    vs = gt["voxel_size"]
-    phantom_rec = gt.get("phantom", {})
-    cfg = SynthConfig(shape=(n, h, w), preset=gt["preset"], seed=gt["seed"], voxel_size=VoxelSize(vs["z"], vs["y"], vs["x"]),
-                      marks=phantom_rec.get("marks"), warp_z_scale=phantom_rec.get("warp_z_scale"))
-    phantom = Phantom((n * cfg.z_step, h, w), cfg.seed, cfg.phantom_params())
+    cfg = SynthConfig.from_ground_truth(gt)
+    phantom = cfg.phantom()
+    n = cfg.shape[0]
     # The run's output frame: output pixel -> volume, as the median over slices of G_z o A_z.
     frame = np.median(output_to_volume(tf.affines, gt["maps"]), axis=0)
     canvas_h, canvas_w = tf.canvas_shape_yx

@@ -142,8 +142,6 @@ def _best_crops(integral_e: np.ndarray, integral_c: np.ndarray, box: tuple[int, 
         y_hi = int(min(y1 - size, y0 + (b + 1) * band_h - size // 2))
         for y in range(y_lo, max(y_lo, y_hi) + 1, step):
             for x in range(x0, max(x0, x1 - size) + 1, step):
-                if y + size > integral_c.shape[0] - 1 or x + size > integral_c.shape[1] - 1:
-                    continue
                 if _box(integral_c, x, y, size) < 0.999 * size ** 2:
                     continue
                 score = _box(integral_e, x, y, size)

@@ -66,6 +66,22 @@ class SynthConfig:
         """Volume depth between slices in isotropic (xy) pixels."""
         return self.voxel_size.z / self.voxel_size.x
 
+    def phantom(self) -> Phantom:
+        """The phantom this config samples, covering the whole stack depth."""
+        n, h, w = self.shape
+        return Phantom((n * self.z_step, float(h), float(w)), self.seed, self.phantom_params())
+
+    @classmethod
+    def from_ground_truth(cls, doc: dict[str, Any]) -> "SynthConfig":
+        """The config that wrote a ``ground_truth.json`` (as :func:`load_ground_truth` returns it).
+
+        Files written before the phantom was recorded get the preset's phantom defaults.
+        """
+        phantom = doc.get("phantom", {})
+        return cls(shape=tuple(doc["shape_zyx"]), preset=doc["preset"], seed=doc["seed"], dtype=doc["dtype"],
+                   voxel_size=VoxelSize.from_dict(doc["voxel_size"]), marks=phantom.get("marks"),
+                   texture=phantom.get("texture"), warp_z_scale=phantom.get("warp_z_scale"))
+
 
 def _load_texture(path: str) -> np.ndarray:
     from ..stack import open_stack
@@ -86,9 +102,8 @@ class _Renderer:
 
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
-        z, h, w = cfg.shape
-        self.extent = (z * cfg.z_step, float(h), float(w))
-        self.phantom = Phantom(self.extent, cfg.seed, cfg.phantom_params())
+        self.phantom = cfg.phantom()
+        self.extent = self.phantom.extent
         self.params = cfg.acquisition_params()
         self.curtains = Curtains(self.extent, self.params, cfg.seed, self.phantom.cap_y)
 
@@ -194,7 +209,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
             clean_writer.write(z, clean)
         if progress:
             progress(1)
-    phantom = _WORKER.phantom if _WORKER is not None else Phantom((n * cfg.z_step, h, w), cfg.seed, cfg.phantom_params())
+    phantom = _WORKER.phantom if _WORKER is not None else cfg.phantom()
     doc = ground_truth_document(cfg, acq, names, phantom)
     tmp = out / ".ground_truth.json.partial"
     tmp.write_text(json.dumps(doc, indent=1))
