@@ -97,6 +97,44 @@ def test_jitter_residual_keeps_jumps_and_drops_slow_sample_motion():
     assert np.linalg.norm(shifts[quiet], axis=1).min() > 0.2  # the plain residual is not quiet
 
 
+def test_gradient_shift_refines_phase_correlation_to_the_true_subpixel_shift():
+    """Same convention as PhaseCorrelation.match; exact under a gain/offset change and noise."""
+    from scipy import ndimage
+
+    from amst.prealign.xcorr import PhaseCorrelation
+    from amst.quality.subpixel import GradientShift
+
+    rng = np.random.default_rng(4)
+    base = ndimage.gaussian_filter(rng.normal(size=(300, 300)), 2.5).astype(np.float32)
+    base = (base - base.min()) / np.ptp(base)
+    pc, refiner = PhaseCorrelation(max_side=10**6, upsample=10), GradientShift()
+    errors_pc, errors_fine = [], []
+    for true in ([0.37, -0.21], [-1.62, 0.88], [0.05, 0.45]):
+        a = base + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        # Content moves by +true: b(x) = a(x - true); brighter, offset, and its own noise.
+        b = 1.3 * ndimage.shift(base, true[::-1], order=3, mode="nearest") + 0.2
+        b += rng.normal(0, 0.01, base.shape).astype(np.float32)
+        crop = (slice(20, 280), slice(20, 280))
+        start = pc.match(pc.describe(a[crop]), pc.describe(b[crop])).shift_xy
+        fine = refiner.refine(refiner.describe(a[crop]), refiner.describe(b[crop]), start)
+        assert fine is not None
+        errors_pc.append(np.abs(start - true).max())
+        errors_fine.append(np.abs(fine - true).max())
+    print("max |error| px: phase correlation", np.round(errors_pc, 4), "refined", np.round(errors_fine, 4))
+    assert max(errors_fine) < 0.01
+
+
+def test_gradient_shift_converges_from_near_and_refuses_what_it_cannot_fit():
+    from amst.quality.subpixel import GradientShift
+
+    rng = np.random.default_rng(5)
+    refiner = GradientShift()
+    a = refiner.describe(rng.normal(size=(128, 128)).astype(np.float32))
+    assert refiner.refine(a, a, np.array([60.0, 0.0])) is None  # no overlap left to fit
+    assert refiner.refine(a, a, np.array([1.5, 0.0])) is None  # max_step: 1 px from the start
+    np.testing.assert_allclose(refiner.refine(a, a, np.array([0.4, -0.3])), 0, atol=1e-3)
+
+
 def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     exe = _chromium()
     page = build_report(finished_run / "run", finished_run / "data" / "ground_truth.json")

@@ -1,4 +1,11 @@
-"""Resampling: one slice through one affine onto the output canvas (OpenCV)."""
+"""Resampling: one slice through one affine onto the output canvas.
+
+Cubic interpolation is scikit-image's (Keys' cubic convolution, a = -0.5), not OpenCV's
+``INTER_CUBIC``: OpenCV uses a = -0.75, whose weights do not reproduce a linear ramp, so
+it moves the content by up to 0.047 px depending on the fractional part of the position:
+a misalignment written into every slice (``benchmarks/warp_position.py``). Linear and
+nearest stay with OpenCV, which places them exactly and is faster.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +44,26 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
             # Labels: index map then take, so any integer dtype keeps its exact values.
             return _nearest_take(image, m, (h, w), fill)
         src = src.astype(np.float32)
+    if order == "cubic":
+        return _warp_cubic(src, m, (h, w), fill).astype(image.dtype, copy=False) if image.dtype == np.float32 \
+            else _saturate(_warp_cubic(src, m, (h, w), fill), image.dtype)
     out = cv2.warpAffine(src, m, (w, h), flags=ORDERS[order] | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
     return out.astype(image.dtype, copy=False)
+
+
+def _warp_cubic(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
+    """Keys cubic convolution (float32); scikit-image releases the GIL, so slices warp in parallel threads."""
+    from skimage.transform import warp
+
+    matrix = np.vstack([m, [0.0, 0.0, 1.0]])
+    return warp(image.astype(np.float32, copy=False), matrix, output_shape=shape, order=3, mode="constant",
+                cval=float(fill), clip=False, preserve_range=True)
+
+
+def _saturate(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
 
 
 def _nearest_take(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:

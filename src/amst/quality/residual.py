@@ -29,6 +29,7 @@ from ..imageops import ncc as image_ncc
 from ..parallel import default_workers, ordered_map
 from ..prealign.xcorr import PhaseCorrelation
 from ..stack import Stack
+from .subpixel import GradientShift
 
 
 @dataclass
@@ -203,10 +204,11 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
     n, h, w = stack.shape
     if crops is None:
         crops = choose_crops(stack.read(n // 2), crop_size, covered=common_coverage(stack))
-    # 0.1 px grid + parabola: ~0.01 px. Half whitening: full phase correlation gives the noisy
-    # high frequencies as much say as the structure (Spearman with the true error on a TM-only
-    # run, benchmarks/residual_vs_truth.py: 0.600 whitened, 0.650 half-whitened).
+    # Phase correlation finds the shift, a least-squares fit of the intensities refines it
+    # (:mod:`.subpixel`). Half whitening: full phase correlation gives the noisy high
+    # frequencies as much say as the structure.
     pc = PhaseCorrelation(max_side=10**6, upsample=10, whitening=0.5)
+    refiner = GradientShift()
     shifts = np.full((len(crops), n, 2), np.nan)
     ncc = np.full(n, np.nan)
     xz = np.zeros((n, w), dtype=np.float32)
@@ -215,14 +217,15 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
 
     def read(z: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
         img = stack.read(z)
-        return img[h // 2].copy(), img[:, w // 2].copy(), [pc.describe(c.take(img)) for c in crops], \
-            img[cy0:cy1:2, cx0:cx1:2].copy()
+        descs = [(pc.describe(c.take(img)), refiner.describe(c.take(img))) for c in crops]
+        return img[h // 2].copy(), img[:, w // 2].copy(), descs, img[cy0:cy1:2, cx0:cx1:2].copy()
 
     def compare(z: int, prev: tuple[list, np.ndarray], cur: tuple[list, np.ndarray]) -> None:
-        for k, (a, b) in enumerate(zip(prev[0], cur[0])):
+        for k, ((a, a_fine), (b, b_fine)) in enumerate(zip(prev[0], cur[0])):
             m = pc.match(a, b)
             if m.ok:
-                shifts[k, z] = m.shift_xy
+                refined = refiner.refine(a_fine, b_fine, m.shift_xy)
+                shifts[k, z] = m.shift_xy if refined is None else refined
         ncc[z] = image_ncc(prev[1], cur[1], (prev[1] != 0) & (cur[1] != 0))
 
     n_workers = default_workers(workers)
