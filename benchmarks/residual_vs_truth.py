@@ -1,9 +1,11 @@
 """Does the paper's residual (no ground truth) follow the true error? Spearman per crop.
 
-    python benchmarks/residual_vs_truth.py DATA_DIR RUN_DIR
+    python benchmarks/residual_vs_truth.py DATA_DIR RUN_DIR [--tm-refine affine|none]
 
 RUN_DIR is an aligned output of DATA_DIR (an ``amst synth`` folder); if it does not exist
-a translation-only (TM) alignment is written there first. For each residual crop the
+a translation-only (TM) alignment is written there first (``--tm-refine``: the
+pre-alignment's ``tm_refine``, default ``affine`` as in ``amst run``; ``none`` is plain NCC
+template matching, which leaves larger errors). For each residual crop the
 residual of slice z is compared with the true displacement between z-1 and z at the crop
 centre. Both the paper's residual and the jitter residual (slow sample motion removed) are
 reported.
@@ -11,7 +13,7 @@ reported.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,10 @@ from amst.synth import load_ground_truth
 from amst.warp import warp_slice
 
 
-def main(data: Path, run: Path) -> None:
+def main(data: Path, run: Path, tm_refine: str) -> None:
     if not (run / "transforms.json").exists():
         raw = open_stack(data / "raw")
-        tf = to_transforms(raw, prealign(raw, PrealignConfig(method="tm")))
+        tf = to_transforms(raw, prealign(raw, PrealignConfig(method="tm", tm_refine=tm_refine)))
         w = create_writer(run / "aligned", "tiff", (len(raw), *tf.canvas_shape_yx), raw.dtype, raw.voxel_size)
         for z in range(len(raw)):
             w.write(z, warp_slice(raw.read(z), tf.slices[z].affine, tf.canvas_shape_yx, "linear"))
@@ -55,4 +57,9 @@ def main(data: Path, run: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--tm-refine", choices=["affine", "none"], default="affine")
+    args = ap.parse_args()
+    main(args.data, args.run, args.tm_refine)

@@ -92,7 +92,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
 <p class="{kind}"><b>{html.escape(verdict)}</b></p>
 <div class="cards">{''.join(f'<div class="card">{html.escape(str(k))}<b>{html.escape(str(v))}</b></div>' for k, v in cards)}</div>
 <p class="note">Residual: each slice re-registered to the previous one inside {len(s['crops'])} crops ({crops});
-a well-aligned stack shows only small, flat values. Measured by phase correlation, independent of the alignment method.</p>
+a well-aligned stack shows only small, flat values. Measured by phase correlation refined by a least-squares fit, independent of the alignment method.</p>
 <h2>Plots</h2>
 {''.join(f'<figure><img src="{f}" alt="{f}"><figcaption class="note">{html.escape(c)}</figcaption></figure>' for f, c in figures)}
 <h2>Reslices</h2>

@@ -73,16 +73,26 @@ class GradientShift:
         if min(h, w) - 2 * margin < 16:
             return None
         inner = (slice(margin, h - margin), slice(margin, w - margin))
-        ref = a.image[inner].ravel().astype(np.float64)
-        jac = np.stack([a.grad_x[inner].ravel(), a.grad_y[inner].ravel(), ref - ref.mean(),
-                        np.ones_like(ref)], axis=1)
-        normal = jac.T @ jac
+        # Unknowns: the shift (x, y), a gain and an offset, by the normal equations. The
+        # sums run on views (einsum, no copies): large temporaries cost more than the sums.
+        planes = (a.grad_x[inner], a.grad_y[inner], a.image[inner])
+        normal = np.empty((4, 4))
+        for i in range(3):
+            for j in range(i + 1):
+                normal[i, j] = normal[j, i] = np.einsum("ij,ij->", planes[i], planes[j])
+            normal[i, 3] = normal[3, i] = planes[i].sum()
+        normal[3, 3] = planes[2].size
         if np.linalg.cond(normal) > 1e12:
             return None
         shift = start.copy()
+        # Neighbouring slices differ (NCC ~0.75), so Gauss-Newton converges linearly, each
+        # step leaving ~40 % of the error (with b's gradients at the current shift too):
+        # five steps leave ~0.001 px, far below the residual's floor (~0.02 px).
         for _ in range(self.iterations):
-            moved = _sample_shifted(b.image, shift, inner)
-            step = np.linalg.solve(normal, jac.T @ (moved.ravel() - ref))[:2]
+            diff = _sample_shifted(b.image, shift, inner)
+            np.subtract(diff, planes[2], out=diff)
+            rhs = [np.einsum("ij,ij->", p, diff) for p in planes] + [diff.sum()]
+            step = np.linalg.solve(normal, rhs)[:2]
             shift -= step
             if np.abs(shift - start).max() > self.max_step:
                 return None
