@@ -3,13 +3,13 @@
 Phase correlation finds the shift robustly but reads its sub-pixel part off an
 interpolated correlation peak, whose error changes with the shift's fractional part and
 with the content. A least-squares fit of the intensities themselves, started from that
-shift, has no such error. On oracle-aligned synthetic crops (488 px, the
-``fibsem-marks`` noise) the jitter residual's floor drops from 0.040-0.054 px to
-0.019-0.032 px (``benchmarks/residual_floor.py``).
+shift, has a much smaller one. On perfectly aligned synthetic crops (about 490 px, the
+``fibsem-marks`` noise, four stacks) the jitter residual's floor drops from 0.036-0.056 px
+to 0.024-0.035 px (``benchmarks/residual_floor.py``).
 
-OpenCV's ``findTransformECC`` fits a translation too, but maximises a normalised
-correlation by a different update and cannot reuse one image's gradients across the two
-pairs each slice takes part in; this is a few lines of NumPy.
+OpenCV's ``findTransformECC`` fits a translation by a similar iteration, but prepares both
+images on every call; here each slice is smoothed and differentiated once
+(:meth:`GradientShift.describe`) and serves both pairs it takes part in.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class GradientShift:
     ----------
     sigma : float
         Gaussian smoothing (px) before the fit. 0.5-0.7 gave the lowest floor on noisy
-        synthetic crops (0.7: 0.019-0.032 px; 1.0: +8 %; 2.0: +75 %).
+        synthetic crops (0.5: 0.023-0.034 px, 0.7: 0.024-0.035, 1.0: 0.026-0.038,
+        2.0: 0.040-0.060; ``benchmarks/residual_floor.py``); 0.7 for noisier real data.
     iterations : int
         Gauss-Newton steps at most (each warps the second image once).
     tolerance : float
