@@ -103,3 +103,13 @@ def test_warp_keeps_integer_dtypes_saturated_and_rounded():
         assert out.dtype == np.uint16
     out = warp_slice(img, translation(0.3, 0.0), (16, 16), "cubic")
     assert out.max() == 65535 and out.min() == 0  # the cubic overshoot is clipped, not wrapped
+
+
+def test_cubic_warp_keeps_float64_and_int32():
+    from amst.warp import warp_slice
+
+    for dtype in (np.float64, np.int32):
+        img = (np.arange(256).reshape(16, 16) * 3).astype(dtype)
+        out = warp_slice(img, translation(0.25, 0.5), (16, 16), "cubic")
+        assert out.dtype == dtype
+        assert abs(float(out[8, 8]) - float(img[8, 8]) - 3 * (0.25 + 16 * 0.5)) < 1.0  # a ramp moves exactly

@@ -45,8 +45,8 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
             return _nearest_take(image, m, (h, w), fill)
         src = src.astype(np.float32)
     if order == "cubic":
-        return _warp_cubic(src, m, (h, w), fill).astype(image.dtype, copy=False) if image.dtype == np.float32 \
-            else _saturate(_warp_cubic(src, m, (h, w), fill), image.dtype)
+        out = _warp_cubic(src, m, (h, w), fill)
+        return _saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
     out = cv2.warpAffine(src, m, (w, h), flags=ORDERS[order] | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
     return out.astype(image.dtype, copy=False)

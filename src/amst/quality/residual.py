@@ -3,7 +3,7 @@
 The paper (Methods, "Evaluation of alignments") crops well-textured regions far apart,
 re-registers each slice to the previous one inside each crop and reports the shift in nm:
 where the alignment is right, a local re-registration finds nothing to correct. We use
-phase correlation (at half resolution) to find the shift and a least-squares fit of the
+phase correlation (on crops reduced to 256 px) to find the shift and a least-squares fit of the
 intensities (:mod:`.subpixel`) to refine it. Neither is what aligned the stack: template
 matching maximises NCC at the marks, and the back-ends fit an affine to a median template,
 not a translation to the neighbouring slice.
