@@ -1,19 +1,17 @@
 import hashlib
 
-import cv2
 import numpy as np
 import pytest
 
 from amst.stack import open_stack
 from amst.synth import SynthConfig, load_ground_truth, synthesize
 from amst.transform import compose, invert, translation
+from amst.warp import warp_slice
 
 
 def _unwarp(raw: np.ndarray, raw_to_volume: np.ndarray) -> np.ndarray:
     """Resample a raw slice into the volume frame: volume pixel q samples raw at G^-1(q)."""
-    h, w = raw.shape
-    return cv2.warpAffine(raw.astype(np.float32), invert(raw_to_volume), (w, h),
-                          flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderValue=np.nan)
+    return warp_slice(raw.astype(np.float32), invert(raw_to_volume), raw.shape, "cubic", fill=np.nan)
 
 
 @pytest.fixture(scope="module")
