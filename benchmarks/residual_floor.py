@@ -22,7 +22,7 @@ import numpy as np
 from amst.prealign.xcorr import PhaseCorrelation
 from amst.quality.evaluate import evaluate_run
 from amst.quality.ground_truth import error_at_point, output_to_volume
-from amst.quality.residual import jitter_residual
+from amst.quality.residual import NeighbourShift, jitter_residual
 from amst.quality.subpixel import GradientShift
 from amst.synth import SynthConfig, load_ground_truth, to_dtype
 from amst.synth.acquisition import add_noise
@@ -30,16 +30,21 @@ from amst.transform import compose
 
 
 def pair_shifts(images: list[np.ndarray], refiner: GradientShift | None) -> np.ndarray:
-    """(n, 2) shift of each image to the previous one, as the residual sweep measures it."""
-    pc = PhaseCorrelation(max_side=10**6, upsample=10, whitening=0.5)
+    """(n, 2) shift of each image to the previous one: the residual sweep's estimator with
+    ``refiner`` as its fine step, or its phase correlation alone (at full resolution) if None."""
+    estimator = NeighbourShift()
+    if refiner is None:
+        estimator.coarse = PhaseCorrelation(max_side=10**6, upsample=10, whitening=0.5)
+    else:
+        estimator.fine = refiner
+    descs = [estimator.describe(img) for img in images]
     out = np.full((len(images), 2), np.nan)
     for z in range(1, len(images)):
-        m = pc.match(pc.describe(images[z - 1]), pc.describe(images[z]))
-        if not m.ok:
-            continue
-        fine = refiner.refine(refiner.describe(images[z - 1]), refiner.describe(images[z]), m.shift_xy) \
-            if refiner else None
-        out[z] = m.shift_xy if fine is None else fine
+        if refiner is None:
+            m = estimator.coarse.match(descs[z - 1][0], descs[z][0])
+            out[z] = m.shift_xy if m.ok else np.nan
+        else:
+            out[z] = estimator.measure(descs[z - 1], descs[z])
     return out
 
 

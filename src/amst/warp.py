@@ -14,7 +14,8 @@ import numpy as np
 
 from .transform import as_affine
 
-ORDERS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+ORDERS = ("nearest", "linear", "cubic")
+_OPENCV_FLAGS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}
 
 
 def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int, int],
@@ -47,7 +48,7 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
     if order == "cubic":
         out = _warp_cubic(src, m, (h, w), fill)
         return _saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
-    out = cv2.warpAffine(src, m, (w, h), flags=ORDERS[order] | cv2.WARP_INVERSE_MAP,
+    out = cv2.warpAffine(src, m, (w, h), flags=_OPENCV_FLAGS[order] | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
     return out.astype(image.dtype, copy=False)
 

@@ -74,6 +74,31 @@ class SliceSweep:
 JITTER_WINDOW = 15
 
 
+class NeighbourShift:
+    """The residual's estimator: the shift of a crop's content from one slice to the next.
+
+    Phase correlation on the crop reduced to 256 px finds it (half whitening: full phase
+    correlation gives the noisy high frequencies as much say as the structure); a
+    least-squares fit of the intensities at full resolution refines it (:mod:`.subpixel`).
+    """
+
+    def __init__(self) -> None:
+        self.coarse = PhaseCorrelation(max_side=256, upsample=10, whitening=0.5)
+        self.fine = GradientShift()
+
+    def describe(self, crop: np.ndarray) -> tuple:
+        return self.coarse.describe(crop), self.fine.describe(crop)
+
+    def measure(self, previous: tuple, current: tuple) -> np.ndarray:
+        """(x, y) shift in px from ``previous`` to ``current`` (descriptors); NaN where the
+        phase correlation peak is too weak to trust."""
+        found = self.coarse.match(previous[0], current[0])
+        if not found.ok:
+            return np.full(2, np.nan)
+        refined = self.fine.refine(previous[1], current[1], found.shift_xy)
+        return found.shift_xy if refined is None else refined
+
+
 def jitter_residual(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.ndarray:
     """|shift - running median of the shifts| along z, per slice (NaN-aware).
 
@@ -222,11 +247,7 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
     n, h, w = stack.shape
     if crops is None:
         crops = choose_crops(stack.read(n // 2), crop_size, covered=common_coverage(stack))
-    # Phase correlation finds the shift, a least-squares fit of the intensities refines it
-    # (:mod:`.subpixel`). Half whitening: full phase correlation gives the noisy high
-    # frequencies as much say as the structure.
-    pc = PhaseCorrelation(max_side=256, upsample=10, whitening=0.5)
-    refiner = GradientShift()
+    estimator = NeighbourShift()
     shifts = np.full((len(crops), n, 2), np.nan)
     ncc = np.full(n, np.nan)
     xz = np.zeros((n, w), dtype=np.float32)
@@ -235,15 +256,12 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
 
     def read(z: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
         img = stack.read(z)
-        descs = [(pc.describe(c.take(img)), refiner.describe(c.take(img))) for c in crops]
+        descs = [estimator.describe(c.take(img)) for c in crops]
         return img[h // 2].copy(), img[:, w // 2].copy(), descs, img[cy0:cy1:2, cx0:cx1:2].copy()
 
     def compare(z: int, prev: tuple[list, np.ndarray], cur: tuple[list, np.ndarray]) -> None:
-        for k, ((a, a_fine), (b, b_fine)) in enumerate(zip(prev[0], cur[0])):
-            m = pc.match(a, b)
-            if m.ok:
-                refined = refiner.refine(a_fine, b_fine, m.shift_xy)
-                shifts[k, z] = m.shift_xy if refined is None else refined
+        for k, (a, b) in enumerate(zip(prev[0], cur[0])):
+            shifts[k, z] = estimator.measure(a, b)
         ncc[z] = image_ncc(prev[1], cur[1], (prev[1] != 0) & (cur[1] != 0))
 
     n_workers = default_workers(workers)
