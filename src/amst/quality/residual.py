@@ -16,7 +16,7 @@ to slice. On translation-only runs of four synthetic 200 x 1024^2 stacks it rank
 by their true misalignment far better than the plain residual (Spearman 0.49-0.73 against
 0.24-0.36, ``benchmarks/residual_vs_truth.py``); the plain residual stays reported, as in
 the paper. What it cannot rank is misalignment below its own floor, the content's change
-from one slice to the next plus noise: 0.024-0.035 px on those stacks
+from one slice to the next plus noise: 0.025-0.036 px on those stacks
 (``benchmarks/residual_floor.py``).
 """
 

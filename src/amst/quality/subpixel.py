@@ -3,9 +3,9 @@
 Phase correlation finds the shift robustly but reads its sub-pixel part off an
 interpolated correlation peak, whose error changes with the shift's fractional part and
 with the content. A least-squares fit of the intensities themselves, started from that
-shift, has a much smaller one. On perfectly aligned synthetic crops (about 490 px, the
-``fibsem-marks`` noise, four stacks) the jitter residual's floor drops from 0.036-0.056 px
-to 0.024-0.035 px (``benchmarks/residual_floor.py``).
+shift, has a much smaller one. On perfectly aligned synthetic crops (486 px, the
+``fibsem-marks`` noise, four stacks) the jitter residual's floor drops from 0.036-0.054 px
+to 0.025-0.036 px (``benchmarks/residual_floor.py``).
 
 OpenCV's ``findTransformECC`` fits a translation by a similar iteration, but prepares both
 images on every call; here each slice is smoothed and differentiated once
@@ -37,8 +37,8 @@ class GradientShift:
     ----------
     sigma : float
         Gaussian smoothing (px) before the fit. 0.5-0.7 gave the lowest floor on noisy
-        synthetic crops (0.5: 0.023-0.034 px, 0.7: 0.024-0.035, 1.0: 0.026-0.038,
-        2.0: 0.040-0.060; ``benchmarks/residual_floor.py``); 0.7 for noisier real data.
+        synthetic crops (0.5: 0.024-0.036 px, 0.7: 0.025-0.036, 1.0: 0.027-0.039,
+        2.0: 0.041-0.060; ``benchmarks/residual_floor.py``); 0.7 for noisier real data.
     iterations : int
         Gauss-Newton steps at most (each warps the second image once).
     tolerance : float
