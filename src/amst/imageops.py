@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def saturate(values: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """``values`` rounded to the nearest integer and clipped to the range of the integer ``dtype``."""
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+
+
 def finite_float32(image: np.ndarray) -> np.ndarray:
     """float32 copy with NaN/inf (float inputs) replaced by the median of the finite pixels."""
     img = np.asarray(image, dtype=np.float32)

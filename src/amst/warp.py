@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .imageops import saturate
 from .transform import as_affine
 
 ORDERS = ("nearest", "linear", "cubic")
@@ -47,7 +48,7 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
         src = src.astype(np.float32)
     if order == "cubic":
         out = _warp_cubic(src, m, (h, w), fill)
-        return _saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
+        return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
     out = cv2.warpAffine(src, m, (w, h), flags=_OPENCV_FLAGS[order] | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
     return out.astype(image.dtype, copy=False)
@@ -60,11 +61,6 @@ def _warp_cubic(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: 
     matrix = np.vstack([m, [0.0, 0.0, 1.0]])
     return warp(image.astype(np.float32, copy=False), matrix, output_shape=shape, order=3, mode="constant",
                 cval=float(fill), clip=False, preserve_range=True)
-
-
-def _saturate(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
 
 
 def _nearest_take(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:

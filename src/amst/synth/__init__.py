@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..imageops import saturate
 from ..stack import StackError, VoxelSize, create_writer
 from ..transform import to_list
 from .acquisition import AcquisitionParams, Curtains, SliceAcquisition, add_noise, simulate_acquisition
@@ -128,8 +129,7 @@ def to_dtype(img: np.ndarray, dtype: str) -> np.ndarray:
     out = img * span + lo
     if dtype == "float32":
         return out.astype(np.float32)
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return saturate(out, dtype)
 
 
 _WORKER: _Renderer | None = None
