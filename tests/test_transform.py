@@ -105,11 +105,16 @@ def test_warp_keeps_integer_dtypes_saturated_and_rounded():
     assert out.max() == 65535 and out.min() == 0  # the cubic overshoot is clipped, not wrapped
 
 
-def test_cubic_warp_keeps_float64_and_int32():
+@pytest.mark.parametrize("order", ["linear", "cubic"])
+def test_warp_keeps_float64_and_int32(order):
     from amst.warp import warp_slice
 
     for dtype in (np.float64, np.int32):
         img = (np.arange(256).reshape(16, 16) * 3).astype(dtype)
-        out = warp_slice(img, translation(0.25, 0.5), (16, 16), "cubic")
+        out = warp_slice(img, translation(0.25, 0.5), (16, 16), order)
         assert out.dtype == dtype
-        assert abs(float(out[8, 8]) - float(img[8, 8]) - 3 * (0.25 + 16 * 0.5)) < 1.0  # a ramp moves exactly
+        want = float(img[8, 8]) + 3 * (0.25 + 16 * 0.5)  # a ramp moves exactly: 432.75
+        if dtype == np.int32:
+            assert out[8, 8] == 433  # rounded, not truncated
+        else:
+            assert abs(out[8, 8] - want) < 1e-3

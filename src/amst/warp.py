@@ -40,18 +40,19 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
         raise ValueError(f"unknown interpolation order {order!r}; use one of {', '.join(ORDERS)}")
     m = as_affine(affine)
     h, w = canvas_shape_yx
-    src = image
-    if src.dtype not in (np.uint8, np.uint16, np.float32) or (order == "nearest" and src.dtype.itemsize > 2):
-        if order == "nearest":
-            # Labels: index map then take, so any integer dtype keeps its exact values.
-            return _nearest_take(image, m, (h, w), fill)
-        src = src.astype(np.float32)
+    native = image.dtype in (np.uint8, np.uint16, np.float32)
+    if order == "nearest" and (not native or image.dtype.itemsize > 2):
+        # Labels: index map then take, so any integer dtype keeps its exact values.
+        return _nearest_take(image, m, (h, w), fill)
+    src = image if native else image.astype(np.float32)
     if order == "cubic":
         out = _warp_cubic(src, m, (h, w), fill)
-        return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
-    out = cv2.warpAffine(src, m, (w, h), flags=_OPENCV_FLAGS[order] | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
-    return out.astype(image.dtype, copy=False)
+    else:
+        out = cv2.warpAffine(src, m, (w, h), flags=_OPENCV_FLAGS[order] | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
+    if out.dtype == image.dtype:
+        return out  # OpenCV rounds and saturates uint8 and uint16 itself
+    return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
 
 
 def _warp_cubic(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
