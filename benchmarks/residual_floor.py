@@ -32,20 +32,10 @@ from amst.transform import compose
 def pair_shifts(images: list[np.ndarray], refiner: GradientShift | None) -> np.ndarray:
     """(n, 2) shift of each image to the previous one: the residual sweep's estimator with
     ``refiner`` as its fine step, or its phase correlation alone (at full resolution) if None."""
-    estimator = NeighbourShift()
-    if refiner is None:
-        estimator.coarse = PhaseCorrelation(max_side=10**6, upsample=10, whitening=0.5)
-    else:
-        estimator.fine = refiner
+    estimator = NeighbourShift(fine=refiner) if refiner else \
+        NeighbourShift(PhaseCorrelation(max_side=10**6, upsample=10, whitening=0.5), fine=None)
     descs = [estimator.describe(img) for img in images]
-    out = np.full((len(images), 2), np.nan)
-    for z in range(1, len(images)):
-        if refiner is None:
-            m = estimator.coarse.match(descs[z - 1][0], descs[z][0])
-            out[z] = m.shift_xy if m.ok else np.nan
-        else:
-            out[z] = estimator.measure(descs[z - 1], descs[z])
-    return out
+    return np.array([np.full(2, np.nan)] + [estimator.measure(a, b) for a, b in zip(descs, descs[1:])])
 
 
 def main() -> None:

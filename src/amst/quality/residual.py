@@ -80,14 +80,21 @@ class NeighbourShift:
     Phase correlation on the crop reduced to 256 px finds it (half whitening: full phase
     correlation gives the noisy high frequencies as much say as the structure); a
     least-squares fit of the intensities at full resolution refines it (:mod:`.subpixel`).
+
+    Parameters
+    ----------
+    coarse : PhaseCorrelation, optional
+        The search (default: the sweep's).
+    fine : GradientShift or None, optional
+        The refinement (default: the sweep's); None keeps the phase correlation's shift.
     """
 
-    def __init__(self) -> None:
-        self.coarse = PhaseCorrelation(max_side=256, upsample=10, whitening=0.5)
-        self.fine = GradientShift()
+    def __init__(self, coarse: PhaseCorrelation | None = None, fine: GradientShift | None = GradientShift()) -> None:
+        self.coarse = coarse or PhaseCorrelation(max_side=256, upsample=10, whitening=0.5)
+        self.fine = fine
 
     def describe(self, crop: np.ndarray) -> tuple:
-        return self.coarse.describe(crop), self.fine.describe(crop)
+        return self.coarse.describe(crop), self.fine.describe(crop) if self.fine else None
 
     def measure(self, previous: tuple, current: tuple) -> np.ndarray:
         """(x, y) shift in px from ``previous`` to ``current`` (descriptors); NaN where the
@@ -95,7 +102,7 @@ class NeighbourShift:
         found = self.coarse.match(previous[0], current[0])
         if not found.ok:
             return np.full(2, np.nan)
-        refined = self.fine.refine(previous[1], current[1], found.shift_xy)
+        refined = self.fine.refine(previous[1], current[1], found.shift_xy) if self.fine else None
         return found.shift_xy if refined is None else refined
 
 
