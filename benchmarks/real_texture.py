@@ -59,7 +59,8 @@ def distort(vol: np.ndarray, seed: int, identity: bool = False) -> tuple[np.ndar
         m = compose(translation(MARGIN, MARGIN), a.raw_to_volume)  # raw px -> volume px, inside the crop
         maps.append(m)
         # Keys cubic (exact placement; OpenCV's INTER_CUBIC put the content up to 0.06 px off
-        # G_z, benchmarks/warp_position.py). Mirrored edges: the margin keeps samples inside.
+        # G_z, benchmarks/warp_position.py). Mirrored edges, not warp_slice's fill: a few samples
+        # (up to 57 px of a crop) fall past the margin.
         raw.append(np.clip(np.rint(warp(vol[z].astype(np.float32), np.vstack([m, [0, 0, 1]]), output_shape=(rh, rw),
                                         order=3, mode="symmetric", preserve_range=True)), 0, 255).astype(vol.dtype))
     return np.stack(raw), np.array(maps)
