@@ -22,6 +22,7 @@ import tifffile
 from skimage.transform import warp
 
 from accuracy import _overrides  # benchmarks/accuracy.py, beside this script
+from amst.imageops import saturate
 from amst.pipeline import align
 from amst.quality.ground_truth import slice_errors
 from amst.stack import VoxelSize, create_writer, open_stack
@@ -61,8 +62,8 @@ def distort(vol: np.ndarray, seed: int, identity: bool = False) -> tuple[np.ndar
         # Keys cubic (exact placement; OpenCV's INTER_CUBIC put the content up to 0.06 px off
         # G_z, benchmarks/warp_position.py). Mirrored edges, not warp_slice's fill: a few samples
         # (up to 57 px of a crop) fall past the margin.
-        raw.append(np.clip(np.rint(warp(vol[z].astype(np.float32), np.vstack([m, [0, 0, 1]]), output_shape=(rh, rw),
-                                        order=3, mode="symmetric", preserve_range=True)), 0, 255).astype(vol.dtype))
+        raw.append(saturate(warp(vol[z].astype(np.float32), np.vstack([m, [0, 0, 1]]), output_shape=(rh, rw),
+                                 order=3, mode="symmetric", preserve_range=True), vol.dtype))
     return np.stack(raw), np.array(maps)
 
 
