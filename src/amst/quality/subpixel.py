@@ -9,7 +9,10 @@ to 0.025-0.036 px (``benchmarks/residual_floor.py``).
 
 OpenCV's ``findTransformECC`` fits a translation by a similar iteration, but prepares both
 images on every call; here each slice is smoothed and differentiated once
-(:meth:`GradientShift.describe`) and serves both pairs it takes part in.
+(:meth:`GradientShift.describe`) and serves both pairs it takes part in. The fast
+back-end (:mod:`amst.register.fast`) is the same kind of fit for an affine, but the
+residual must not measure with the method that aligned the stack, and a translation with
+a gain needs none of its pyramid, masks or robust weights.
 """
 
 from __future__ import annotations
