@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import amst
 from amst.cli import main
-from amst.config import build_config
+from amst.config import RunConfig, build_config
 from amst.stack import StackError, open_stack
 from amst.synth import SynthConfig, synthesize
 
@@ -82,8 +82,15 @@ def test_mixed_shapes_padded_with_warning(small, tmp_path, caplog):
     tifffile.imwrite(p, tifffile.imread(p)[:150, :180])
     r = _cli("info", raw)
     assert r.exit_code == 0 and "differ from the canvas" in r.output and p.name in r.output
-    res = amst.align(raw, tmp_path / "out", backend="fast", workers=1, allow_pad=True, progress=False)
+    with caplog.at_level("WARNING"):
+        res = amst.align(raw, tmp_path / "out", backend="fast", workers=1, allow_pad=True, progress=False)
+    padded = [m for m in caplog.messages if "padded" in m]
+    assert padded and p.name in padded[0] and "150x180" in padded[0]
     assert len(res.statuses) == 12
+    # The padded slice is aligned like its neighbours: its raw pixels keep their place.
+    assert res.statuses[3] == "ok"
+    shift = res.transforms.slices[3].affine[:, 2] - res.transforms.slices[2].affine[:, 2]
+    assert np.abs(shift).max() < 3
 
 
 def test_saturated_duplicated_and_numbering_gap(small, tmp_path, caplog):
@@ -102,11 +109,18 @@ def test_saturated_duplicated_and_numbering_gap(small, tmp_path, caplog):
 
 @pytest.mark.parametrize("shape", [(1, 96, 96), (5, 128, 128), (12, 200, 64)])
 def test_short_single_and_thin_stacks(tmp_path, shape):
+    from amst.quality.ground_truth import slice_errors
+    from amst.synth import load_ground_truth
+
     data = tmp_path / "d"
     synthesize(data, SynthConfig(shape=shape, seed=2), workers=1)
     res = amst.align(data / "raw", tmp_path / "out", backend="fast", workers=1, progress=False)
     assert len(res.statuses) == shape[0]
     assert open_stack(res.output_stack).shape[0] == shape[0]
+    gt = load_ground_truth(data / "ground_truth.json")
+    tf = res.transforms
+    err = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, shape[1:])["rms"]
+    assert np.median(err) < 1.0, err.round(2)  # aligned, not only the right length
 
 
 def test_read_only_out_is_a_clear_error(small, tmp_path):
@@ -183,9 +197,15 @@ def test_roi_needs_units(small, tmp_path):
     assert r.exit_code != 0 and "--roi-units" in r.output
 
 
-@given(st.dictionaries(st.sampled_from(["median_radius", "backend", "order", "out_format", "workers", "passes"]),
-                       st.one_of(st.integers(-3, 20), st.text(max_size=6), st.booleans(), st.none())))
-@settings(max_examples=150, deadline=None)
+_CONFIG_KEYS = {"median_radius": ("template", "median_radius"), "backend": ("register", "backend"),
+                "order": ("warp", "order"), "out_format": ("output", "out_format"),
+                "workers": ("execution", "workers"), "passes": ("register", "passes")}
+
+
+@given(st.dictionaries(st.sampled_from(sorted(_CONFIG_KEYS)),
+                       st.one_of(st.integers(-3, 20), st.text(max_size=6), st.booleans(), st.none(),
+                                 st.sampled_from(["elastix", "fast", "cubic", "nearest", "zarr", "tiff"]))))
+@settings(max_examples=200, deadline=None)
 def test_config_parser_accepts_valid_and_names_the_key_otherwise(options):
     try:
         cfg = build_config(**options)
@@ -193,5 +213,13 @@ def test_config_parser_accepts_valid_and_names_the_key_otherwise(options):
         bad = [k for k in options if options[k] is not None]
         assert any(k.replace("_", "") in str(exc).replace("_", "").replace(".", "") or k in str(exc) for k in bad), str(exc)
         return
+    # Accepted: every given option is in the config exactly as given, and is valid.
+    for name, value in options.items():
+        section, key = _CONFIG_KEYS[name]
+        got = getattr(getattr(cfg, section), key)
+        assert got == (RunConfig().to_dict()[section][key] if value is None else value), (name, value, got)
+        assert not isinstance(value, bool) or isinstance(got, bool)
     assert cfg.template.median_radius >= 0
     assert cfg.register.backend in ("elastix", "fast")
+    assert cfg.warp.order in ("cubic", "linear", "nearest") and cfg.output.out_format in ("zarr", "tiff")
+    assert cfg.register.passes in (1, 2) and (cfg.execution.workers is None or cfg.execution.workers >= 1)

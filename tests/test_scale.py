@@ -56,6 +56,18 @@ def test_dask_local_cluster_gives_identical_output(data, reference, tmp_path):
     _same_output(reference, tmp_path / "dask")
 
 
+def test_dask_workers_with_two_threads_give_identical_output(data, reference, tmp_path):
+    """Two blocks run at once in one worker process: the thread limits must hold for both."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        proc = subprocess.run([*AMST, "run", str(data), str(tmp_path / "dask2"), "--backend", "fast", "--quiet",
+                               "--no-report", "--scheduler", cluster.scheduler_address, "--block-size", "4"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_output(reference, tmp_path / "dask2")
+
+
 def _journal_counts(out: Path) -> list[int]:
     state = out / ".amst"
     return [len(list((state / name).glob("*.json"))) if (state / name).exists() else 0

@@ -130,12 +130,16 @@ def test_folder_natural_order_pattern_and_stray_files(tmp_path):
     assert [stack.read(z)[0, 0] for z in range(3)] == [1, 2, 10]
 
 
-def test_folder_with_mixed_shapes_is_reported_per_slice(tmp_path):
+def test_folder_with_mixed_shapes_is_reported_per_slice(tmp_path, caplog):
     tifffile.imwrite(tmp_path / "a1.tif", np.ones((10, 12), np.uint8))
     tifffile.imwrite(tmp_path / "a2.tif", np.ones((10, 14), np.uint8))
     with pytest.raises(StackError, match=r"a1.tif is 10x12.*--allow-pad"):
         open_stack(tmp_path)
-    stack = open_stack(tmp_path, allow_pad=True)
+    with caplog.at_level("WARNING", logger="amst.stack"):
+        stack = open_stack(tmp_path, allow_pad=True)
+    padded = [r.getMessage() for r in caplog.records if "padded" in r.getMessage()]
+    assert len(padded) == 1 and "1 slice(s)" in padded[0] and "a1.tif (10x12)" in padded[0]
+    assert "a2.tif" not in padded[0]  # the slice that defines the canvas is not padded
     assert stack.shape == (2, 10, 14)
     assert stack.read(0)[:, 12:].sum() == 0
 

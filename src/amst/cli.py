@@ -4,54 +4,268 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import click
+from click.core import ParameterSource
 
+from . import __version__
+from .config import FLAT_OPTIONS, RunConfig
 from .stack import StackError, VoxelSize, open_stack
+from .stack.tiff import DEFAULT_PATTERN
+
+log = logging.getLogger(__name__)
+
+# ctx.meta key (ctx.meta is shared by a command's context and the group's): the options the
+# user typed, as {flat option name: the flag}, for error messages that name the flag.
+_TYPED_FLAGS = "amst.typed_flags"
+# CLI parameter names that differ from their flat option name (amst.config.FLAT_OPTIONS).
+_PARAM_TO_FLAT = {"prealign_method": "prealign", "method": "prealign", "method_alias": "prealign"}
+# What to tell the user after Ctrl-C, per command.
+_INTERRUPT_HINTS = {"run": "; re-run the same command to resume",
+                    "prealign": "; OUT is incomplete: re-run with --overwrite to replace it",
+                    "synth": "; OUT is incomplete: re-run with --overwrite to replace it"}
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
 
 
-def _voxel_option(f):
-    return click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
-                        help="Voxel size in nm (overrides the file's metadata).")(f)
+# -- options taking several numbers -----------------------------------------------------------
+
+class _Numbers(click.ParamType):
+    """Several numbers given as separate words or as one quoted string (``'1 2 3'``, ``1,2,3``).
+
+    Parameters
+    ----------
+    kind : type
+        ``float`` or ``int``.
+    count : int, optional
+        How many numbers exactly (None: one or more).
+    words : tuple of str
+        Words accepted instead of numbers (``auto``); returned as they are.
+    what : str
+        How the numbers read in a message, e.g. ``X Y W H``.
+    """
+
+    name = "numbers"
+
+    def __init__(self, kind: type, count: int | None = None, words: tuple[str, ...] = (), what: str = ""):
+        self.kind = kind
+        self.count = count
+        self.words = words
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (tuple, list)):
+            parts = [str(v) for v in value]
+        else:
+            text = str(value).strip()
+            if text in self.words:
+                return text
+            parts = text.replace(",", " ").split()
+        expected = self._expected()
+        try:
+            numbers = tuple(self.kind(p) for p in parts)
+        except ValueError:
+            self.fail(f"{' '.join(parts)!r}: expected {expected}", param, ctx)
+        if not numbers or (self.count is not None and len(numbers) != self.count):
+            self.fail(f"{' '.join(parts)!r}: expected {expected}", param, ctx)
+        return numbers
+
+    def _expected(self) -> str:
+        amount = f"{self.count}" if self.count else "one or more"
+        kind = "whole numbers" if self.kind is int else "numbers"
+        words = "".join(f" or {w}" for w in self.words)
+        return f"{amount} {kind}{f' {self.what}' if self.what else ''}{words}"
 
 
-def _voxel(values) -> VoxelSize | None:
+class _NumbersOption(click.Option):
+    """An option whose value may continue over the next words when they are numbers.
+
+    ``--roi 120 40 900 110`` and ``--roi '120 40 900 110'`` give the same value. Click has
+    no variable-count option, so the parser's handler of this option takes the following
+    words that read as numbers (at most ``max_values`` in all); any other word (INPUT, OUT,
+    the next option, ``--``) ends the value.
+    """
+
+    def __init__(self, *args: Any, max_values: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.max_values = max_values
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        name = self.opts[0]
+        parser_option = parser._long_opt.get(name) or parser._short_opt.get(name)
+        store = parser_option.process
+
+        def process(value: Any, state: Any) -> None:
+            store(_take_numbers(value, state.rargs, self.max_values), state)
+
+        parser_option.process = process
+
+
+def _take_numbers(value: Any, rargs: list[str], max_values: int | None) -> Any:
+    """``value`` extended by the numbers that follow it in ``rargs`` (which are consumed)."""
+    if not isinstance(value, str):
+        return value
+    parts = value.replace(",", " ").split()
+    if not parts or not all(_NUMBER.match(p) for p in parts):
+        return value
+    while rargs and (max_values is None or len(parts) < max_values) and _NUMBER.match(rargs[0]):
+        parts.append(rargs.pop(0))
+    return " ".join(parts)
+
+
+def _default(flat: str, none: str = "") -> str:
+    """The default of a flat option as ``--help`` shows it, read from :class:`RunConfig`."""
+    value: Any = RunConfig()
+    for part in FLAT_OPTIONS[flat].split("."):
+        value = getattr(value, part)
+    if value is None:
+        return none
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _help(text: str, flat: str, none: str = "") -> str:
+    """``text`` followed by the option's real default, as click writes it."""
+    return f"{text}  [default: {_default(flat, none)}]"
+
+
+def _voxel_option(f: Callable) -> Callable:
+    return click.option("--voxel-size", cls=_NumbersOption, max_values=3, default=None, metavar="Z Y X",
+                        type=_Numbers(float, 3, what="Z Y X"),
+                        help=_help("Voxel size in nm (overrides the file's metadata).", "voxel_size",
+                                   "from the file's metadata"))(f)
+
+
+def _voxel(values: tuple[float, ...] | None) -> VoxelSize | None:
     return VoxelSize.from_values(*values) if values else None
 
 
-class _Cli(click.Group):
-    """Turns expected errors (bad input, bad options) into one clear line, no traceback."""
+# -- errors, Ctrl-C, -v ------------------------------------------------------------------------
 
-    def invoke(self, ctx):
+def _flat_for_key(key: str) -> str | None:
+    """The flat option a config key (``prealign.min_score``, ``min_score``) belongs to."""
+    for flat, path in FLAT_OPTIONS.items():
+        if key == path:
+            return flat
+    if key in FLAT_OPTIONS:
+        return key
+    leaves = [flat for flat, path in FLAT_OPTIONS.items() if path.rsplit(".", 1)[-1] == key]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def name_flag(message: str, typed: Mapping[str, str]) -> str:
+    """A validation message that starts with a config key, led by the flag the user typed.
+
+    ``"prealign.min_score: 2.0 must be ..."`` becomes ``"--min-score (prealign.min_score):
+    2.0 must be ..."`` when ``--min-score`` was typed; a key that came from a config file
+    (not in ``typed``) is left as it is.
+
+    Parameters
+    ----------
+    message : str
+        The error message.
+    typed : mapping
+        Flat option name -> the flag the user typed (e.g. ``{"min_score": "--min-score"}``).
+
+    Returns
+    -------
+    str
+    """
+    m = _KEY_PREFIX.match(message)
+    flat = _flat_for_key(m.group(1)) if m else None
+    if flat is None or flat not in typed:
+        return message
+    return f"{typed[flat]} ({FLAT_OPTIONS[flat]}): {message[m.end():]}"
+
+
+def _typed_flags(ctx: click.Context) -> dict[str, str]:
+    """CLI parameter name -> flag, for every option given on the command line."""
+    return {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)
+            and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE}
+
+
+def _expected_error(exc: BaseException) -> bool:
+    """Errors of the user's input or environment: one line, no traceback (unless -v)."""
+    if isinstance(exc, click.ClickException):
+        return False
+    if isinstance(exc, (StackError, ValueError, OSError)):
+        return True
+    # The run stopped on a result it must not hand over (amst.pipeline.RunError): the
+    # pipeline module is loaded whenever it can have raised one.
+    run_error = getattr(sys.modules.get("amst.pipeline"), "RunError", None)
+    return run_error is not None and isinstance(exc, run_error)
+
+
+class _Command(click.Command):
+    """Records which options the user typed, so that errors can name their flags."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        typed = _typed_flags(ctx)
+        ctx.meta[_TYPED_FLAGS] = {_PARAM_TO_FLAT.get(name, name): flag for name, flag in typed.items()}
+        log.debug("amst %s %s; options given: %s", __version__, ctx.info_name,
+                  {flag: ctx.params[name] for name, flag in typed.items()} or "none")
+        return super().invoke(ctx)
+
+
+class _Cli(click.Group):
+    """Turns expected errors (bad input, bad options) into one clear line, no traceback
+    (``-v`` adds it), and Ctrl-C into one line and exit status 130."""
+
+    command_class = _Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        verbose = bool(ctx.params.get("verbose"))
         try:
             return super().invoke(ctx)
-        except (StackError, ValueError, FileNotFoundError, PermissionError, OSError) as exc:
-            if isinstance(exc, click.ClickException):
+        except KeyboardInterrupt:
+            click.echo(f"amst: interrupted{_INTERRUPT_HINTS.get(ctx.invoked_subcommand or '', '')}", err=True)
+            if verbose:
+                click.echo(traceback.format_exc().rstrip(), err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if not _expected_error(exc):
                 raise
-            click.echo(f"amst: error: {exc}", err=True)
+            click.echo(f"amst: error: {name_flag(str(exc), ctx.meta.get(_TYPED_FLAGS, {}))}", err=True)
+            if verbose:
+                click.echo(traceback.format_exc().rstrip(), err=True)
             sys.exit(2)
 
 
 @click.group(cls=_Cli)
 @click.version_option(package_name="amst")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages; show the traceback of an error.")
 def main(verbose: bool) -> None:
     """AMST: align FIB-SEM stacks to a median-smoothed template."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # Set on the "amst" logger itself: the pipeline's log file handler keeps a level set here.
+    logging.getLogger("amst").setLevel(logging.DEBUG if verbose else logging.INFO)
 
+
+# -- commands ------------------------------------------------------------------------------------
 
 @main.command()
 @click.argument("path")
-@click.option("--pattern", default=None, help="Glob for TIFF folders (default *.tif*).")
+@click.option("--pattern", default=None, help=f"Glob for TIFF folders.  [default: {DEFAULT_PATTERN}]")
 @click.option("--dataset", default=None, help="HDF5 dataset or Zarr array inside PATH.")
+@click.option("--allow-pad", is_flag=True,
+              help="As for amst run: slices of differing shape are padded (info lists them either way).")
+@click.option("--skip-bad", is_flag=True, help="List unreadable slices instead of stopping at the first one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_voxel_option
-def info(path: str, pattern: str | None, dataset: str | None, as_json: bool, voxel_size) -> None:
+def info(path: str, pattern: str | None, dataset: str | None, allow_pad: bool, skip_bad: bool, as_json: bool,
+         voxel_size: tuple[float, ...] | None) -> None:
     """Shape, dtype, voxel size and slice count of a stack (slices of other shapes are listed)."""
-    stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=True)
+    # Always opened with padding allowed: info's job is to list the slices that differ.
+    stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=True,
+                       skip_bad=skip_bad)
     d = stack.describe()
     if as_json:
         click.echo(json.dumps(d, indent=2))
@@ -69,8 +283,15 @@ def info(path: str, pattern: str | None, dataset: str | None, as_json: bool, vox
         click.echo(f"WARNING     {len(mism)} slice(s) differ from the canvas {y} x {x}:")
         for m in mism[:20]:
             click.echo(f"            {m['name']}: {m['shape_yx'][0]} x {m['shape_yx'][1]}")
+        click.echo("            (padded at the bottom/right)" if allow_pad else
+                   "            (amst run and amst prealign need --allow-pad to pad them)")
     else:
         click.echo("consistency all slices have the same shape")
+    bad = d.get("unreadable") or []
+    if bad:
+        click.echo(f"WARNING     {len(bad)} slice(s) cannot be read (blank with --skip-bad):")
+        for b in bad[:20]:
+            click.echo(f"            {b['name']}: {b['error']}")
 
 
 @main.command()
@@ -90,8 +311,10 @@ def info(path: str, pattern: str | None, dataset: str | None, as_json: bool, vox
 @click.option("--out-format", type=click.Choice(["tiff", "zarr"]), default="tiff", show_default=True)
 @click.option("--clean", is_flag=True, help="Also write the undistorted noise-free volume.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier amst synth output in OUT (only the files amst wrote there).")
 def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z_scale, out_format, clean,
-          workers) -> None:
+          workers, overwrite) -> None:
     """Write a synthetic FIB-SEM stack with exact ground truth to OUT."""
     from tqdm import tqdm
 
@@ -102,31 +325,37 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z
                       texture=texture, warp_z_scale=warp_z_scale)
     t0 = time.perf_counter()
     with tqdm(total=shape[0], desc="synth", unit="slice") as bar:
-        synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update)
+        synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update,
+                   overwrite=overwrite)
     click.echo(f"wrote {shape[0]} slices to {out} in {time.perf_counter() - t0:.1f} s "
                f"(ground truth: {Path(out) / 'ground_truth.json'})")
 
 
-
-def _prealign_options(f):
+def _prealign_options(f: Callable) -> Callable:
     """Options shared by ``amst prealign`` and ``amst run``."""
     opts = [
-        click.option("--roi", default=None, metavar="'X Y W H'|auto",
-                     help="Template-matching region (needs --roi-units), or 'auto' (default)."),
+        click.option("--roi", cls=_NumbersOption, max_values=4, default=None, metavar="X Y W H|auto",
+                     type=_Numbers(float, 4, ("auto",), "X Y W H"),
+                     help=_help("Template-matching region: four numbers (needs --roi-units), or auto.", "roi")),
         click.option("--roi-units", type=click.Choice(["px", "nm"]), default=None,
                      help="Units of --roi numbers; required with them (no guessing)."),
-        click.option("--roi-slice", type=int, default=None, help="Slice of --roi (default: the middle slice)."),
-        click.option("--search-margin", type=int, default=None, help="TM search margin in px (default 64)."),
-        click.option("--min-score", type=float, default=None, help="Lowest accepted NCC peak (default 0.5)."),
-        click.option("--gaps", default=None, metavar="'1 2 4 8 16'", help="z-gaps of pairs for features/xcorr."),
-        click.option("--canvas", type=click.Choice(["union", "input"]), default=None),
-        click.option("--xcorr-prefilter", type=click.Choice(["gaussian", "edges", "none"]), default=None),
-        click.option("--pattern", default=None, help="Glob for TIFF folders."),
+        click.option("--roi-slice", type=int, default=None,
+                     help=_help("Slice of --roi.", "roi_slice", "the middle slice")),
+        click.option("--search-margin", type=int, default=None, help=_help("TM search margin in px.", "search_margin")),
+        click.option("--min-score", type=float, default=None, help=_help("Lowest accepted NCC peak.", "min_score")),
+        click.option("--gaps", cls=_NumbersOption, default=None, metavar="G [G ...]", type=_Numbers(int),
+                     help=_help("z-gaps of pairs for features/xcorr.", "gaps")),
+        click.option("--canvas", type=click.Choice(["union", "input"]), default=None,
+                     help=_help("Output canvas: the union of the shifted slices, or the input's.", "canvas")),
+        click.option("--xcorr-prefilter", type=click.Choice(["gaussian", "edges", "none"]), default=None,
+                     help=_help("Filter before phase correlation.", "xcorr_prefilter")),
+        click.option("--pattern", default=None, help=f"Glob for TIFF folders.  [default: {DEFAULT_PATTERN}]"),
         click.option("--dataset", default=None, help="HDF5 dataset / Zarr array inside INPUT."),
         click.option("--allow-pad", is_flag=True, default=None, help="Pad slices of differing shape."),
         click.option("--skip-bad", is_flag=True, default=None,
                      help="Continue past unreadable slices (they are marked blank)."),
-        click.option("--workers", type=int, default=None, help="Processes/threads (default: all cores)."),
+        click.option("--workers", type=int, default=None,
+                     help=_help("Processes/threads.", "workers", "all cores")),
         _voxel_option,
     ]
     for o in reversed(opts):
@@ -134,62 +363,82 @@ def _prealign_options(f):
     return f
 
 
-def _flat_prealign(kw: dict) -> dict:
+def _flat_prealign(kw: dict[str, Any]) -> dict[str, Any]:
+    """The shared options as flat options of :func:`amst.config.build_config` (None: not given)."""
     roi = kw.pop("roi", None)
     if roi is not None and roi != "auto":
-        parts = roi.replace(",", " ").split()
-        if len(parts) != 4:
-            raise click.BadParameter("expected 'X Y W H' or auto", param_hint="--roi")
         if kw.get("roi_units") is None:
             raise click.BadParameter("say whether X Y W H are in px or nm with --roi-units", param_hint="--roi")
-        roi = [float(v) for v in parts]
+        roi = list(roi)
     gaps = kw.pop("gaps", None)
-    if gaps is not None:
-        gaps = [int(g) for g in gaps.replace(",", " ").split()]
     vs = kw.pop("voxel_size", None)
     kw = {k: v for k, v in kw.items() if v is not None}
-    return {**kw, "roi": roi, "gaps": gaps, "voxel_size": list(vs) if vs else None}
+    return {**kw, "roi": roi, "gaps": list(gaps) if gaps else None, "voxel_size": list(vs) if vs else None}
+
+
+_PREALIGN_METHODS = ["tm", "features", "xcorr"]
 
 
 @main.command("prealign")
 @click.argument("input")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(["tm", "features", "xcorr"]), default="tm", show_default=True)
+@click.option("--prealign", "method", type=click.Choice(_PREALIGN_METHODS), default=None,
+              help=_help("Pre-alignment method.", "prealign"))
+@click.option("--method", "method_alias", type=click.Choice(_PREALIGN_METHODS), default=None, hidden=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (as for amst run; its prealign, input and execution sections apply).")
 @click.option("--write-stack", is_flag=True, help="Also write the pre-aligned stack.")
-@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default="zarr", show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default="zarr", show_default=True,
+              help="Format of the pre-aligned stack.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier amst prealign output in OUT (only the files amst wrote there).")
 @_prealign_options
-def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -> None:
+def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out_format, overwrite, **kw) -> None:
     """Pre-align INPUT by translations; writes OUT/transforms.json (and the stack)."""
     from tqdm import tqdm
 
+    from . import prealign as prealign_module
     from .config import build_config
-    from .prealign import prealign, to_transforms
+    from .outdir import OwnedEntry, claim_output, mark_complete, write_ownership
     from .stack import create_writer
     from .warp import warp_slice
 
-    flat = _flat_prealign(kw)
-    cfg = build_config(prealign=method, **{k: v for k, v in flat.items()})
-    vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
-    stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
+    if method and method_alias and method != method_alias:
+        raise click.UsageError(f"--method is the old name of --prealign; give one of them, not "
+                               f"--prealign {method} and --method {method_alias}")
+    cfg = build_config(config_file, prealign=method or method_alias, **_flat_prealign(kw))
+    log.debug("configuration: %s", cfg.to_dict())
+    stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset,
+                       voxel_size=_voxel(cfg.input.voxel_size), channel=cfg.input.channel,
                        allow_pad=cfg.input.allow_pad, skip_bad=cfg.input.skip_bad)
+    validate_for_stack = getattr(prealign_module, "validate_for_stack", None)
+    if validate_for_stack is not None:
+        validate_for_stack(cfg.prealign, len(stack), tuple(stack.shape[1:]), stack.voxel_size)
+    # Everything that can be refused has been checked: only now is OUT touched.
+    stack_name = "prealigned.zarr" if out_format == "zarr" else "prealigned"
+    entries = [OwnedEntry("transforms.json", "file")]
+    if write_stack:
+        entries.append(OwnedEntry(stack_name, out_format))
     outp = Path(out)
-    if outp.exists() and any(outp.iterdir()) and not overwrite:
-        raise ValueError(f"{out} exists and is not empty; choose a new OUT or pass --overwrite")
-    outp.mkdir(parents=True, exist_ok=True)
+    ownership = claim_output(outp, kind="prealign", entries=entries, overwrite=overwrite,
+                             protected={"the input": stack.path, "the config file": config_file})
+    method = cfg.prealign.method
     t0 = time.perf_counter()
     with tqdm(total=len(stack), desc=f"prealign ({method})", unit="slice") as bar:
-        res = prealign(stack, cfg.prealign, cfg.execution.workers, bar.update)
+        res = prealign_module.prealign(stack, cfg.prealign, cfg.execution.workers, bar.update)
     seconds = time.perf_counter() - t0
-    tf = to_transforms(stack, res, cfg.prealign.canvas)
+    tf = prealign_module.to_transforms(stack, res, cfg.prealign.canvas)
     tf.extra["prealign_seconds"] = seconds
     if write_stack:
-        name = "prealigned.zarr" if out_format == "zarr" else "prealigned"
-        w = create_writer(outp / name, out_format, (len(stack), *tf.canvas_shape_yx), stack.dtype,
+        w = create_writer(outp / stack_name, out_format, (len(stack), *tf.canvas_shape_yx), stack.dtype,
                           stack.voxel_size, names=stack.names)
+        if out_format == "tiff":  # the marker names the slice files, so --overwrite can prove they are amst's
+            ownership.entries[-1] = OwnedEntry(stack_name, "tiff", names=tuple(w.names))
+            write_ownership(outp, ownership)
         for z in tqdm(range(len(stack)), desc="write", unit="slice"):
             w.write(z, warp_slice(stack.read(z), tf.slices[z].affine, tf.canvas_shape_yx, "linear"))
     tf.save(outp / "transforms.json")
+    mark_complete(outp, ownership)
     bad = [s for s in tf.slices if s.status != "ok"]
     click.echo(f"pre-aligned {len(stack)} slices ({method}) in {seconds:.1f} s "
                f"({seconds / len(stack):.3f} s/slice); canvas {tf.canvas_shape_yx[0]}x{tf.canvas_shape_yx[1]}")
@@ -201,16 +450,22 @@ def prealign_cmd(input, out, method, write_stack, out_format, overwrite, **kw) -
 @click.argument("input")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--prealign", "prealign_method", type=click.Choice(["tm", "features", "xcorr", "none"]), default=None,
-              help="Pre-alignment method (default tm).")
+              help=_help("Pre-alignment method.", "prealign"))
 @click.option("--prealigned", default=None, help="A stack aligned elsewhere (e.g. Fiji) to build the template from.")
-@click.option("--backend", type=click.Choice(["elastix", "fast"]), default=None, help="Affine back-end.")
-@click.option("--median-radius", type=int, default=None, help="Template median radius in slices (default 7).")
+@click.option("--backend", type=click.Choice(["elastix", "fast"]), default=None,
+              help=_help("Affine back-end.", "backend"))
+@click.option("--median-radius", type=int, default=None,
+              help=_help("Template median radius in slices.", "median_radius"))
 @click.option("--passes", type=click.IntRange(1, 2), default=None,
-              help="Registration passes (default 2: the second builds its template from corrected slices).")
-@click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default=None)
-@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None)
-@click.option("--pyramid-levels", type=int, default=None)
-@click.option("--block-size", type=int, default=None, help="Slices per work unit.")
+              help=_help("Registration passes (the second builds its template from corrected slices).", "passes"))
+@click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default=None,
+              help=_help("Interpolation of the output.", "order"))
+@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None,
+              help=_help("Output stack format.", "out_format"))
+@click.option("--pyramid-levels", type=int, default=None,
+              help=_help("OME-Zarr resolution levels written.", "pyramid_levels"))
+@click.option("--block-size", type=int, default=None,
+              help=_help("Slices per work unit.", "block_size", "from the slice count and workers"))
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
 @click.option("--cluster", type=click.Choice(["slurm"]), default=None,
               help="Start workers with dask-jobqueue (options in the config's execution.slurm section).")

@@ -7,6 +7,7 @@ refused with a message that names the key and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,11 @@ from typing import Any
 import yaml
 
 from .prealign import PrealignConfig
+from .register.elastix import validate_parameters as validate_elastix_parameters
+from .register.fast import validate_params as validate_fast_params
+
+# The coarsest level of an output pyramid keeps at least this many px on the canvas's short side.
+MIN_PYRAMID_SIDE = 16
 
 
 @dataclass
@@ -53,6 +59,20 @@ class RegisterConfig:
     min_ncc_gain: float = -0.05
     min_ncc: float = 0.2
     passes: int = 2
+    # Share of the non-blank slices that may fall back before the run stops (1.0: never stops).
+    max_fallback_fraction: float = 0.2
+
+    def validate(self) -> None:
+        """Refuse back-end parameters the back-ends do not read and values that make no sense."""
+        validate_fast_params(self.fast, "register.fast")
+        validate_elastix_parameters(self.elastix, "register.elastix")
+        if self.passes not in (1, 2):
+            raise ValueError(f"register.passes: {self.passes} must be 1 or 2")
+        for key in ("max_scale_change", "max_shear", "max_shift_px"):
+            _in_range(f"register.{key}", getattr(self, key), 0.0, math.inf, low_open=True)
+        _in_range("register.min_ncc", self.min_ncc, -1.0, 1.0)
+        _in_range("register.min_ncc_gain", self.min_ncc_gain, -2.0, 2.0)
+        _in_range("register.max_fallback_fraction", self.max_fallback_fraction, 0.0, 1.0)
 
 
 @dataclass
@@ -93,12 +113,16 @@ class RunConfig:
         _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
         _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
         _choice("template.ends", self.template.ends, ("mirror", "shrink"))
+        if math.isnan(self.template.outlier_distortion_px):
+            raise ValueError("template.outlier_distortion_px: nan must be a number (0 or less: leave no slice out)")
         if self.template.median_radius < 0:
             raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
-        if self.register.passes not in (1, 2):
-            raise ValueError(f"register.passes: {self.register.passes} must be 1 or 2")
+        self.register.validate()
         if self.output.pyramid_levels < 1:
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
+        if self.output.pyramid_levels > 1 and self.output.out_format != "zarr":
+            raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} needs output.out_format zarr; "
+                             f"a {self.output.out_format} output has no pyramid (leave pyramid_levels at 1)")
         if self.execution.cluster not in (None, "slurm"):
             raise ValueError(f"execution.cluster: {self.execution.cluster!r} is not allowed; use slurm (or leave it out)")
         if self.execution.workers is not None and self.execution.workers < 1:
@@ -113,10 +137,46 @@ class RunConfig:
         return _plain(dataclasses.asdict(self))
 
     def result_affecting(self) -> dict[str, Any]:
-        """The options that change the output (execution options do not)."""
+        """The options that change the output (execution options and the fallback stop do not:
+        a run stopped by ``register.max_fallback_fraction`` resumes with a higher one)."""
         d = self.to_dict()
         d.pop("execution")
+        d["register"].pop("max_fallback_fraction")
         return d
+
+
+def validate_for_canvas(cfg: RunConfig, canvas_shape_yx: tuple[int, int]) -> None:
+    """Refuse options that do not fit the canvas, once it is known (before anything is written).
+
+    Parameters
+    ----------
+    cfg : a validated configuration
+    canvas_shape_yx : (H, W) of the output canvas
+
+    Raises
+    ------
+    ValueError
+        When ``output.pyramid_levels`` would make the coarsest level smaller than
+        :data:`MIN_PYRAMID_SIDE` px on the canvas's short side; names the largest allowed.
+    """
+    levels = cfg.output.pyramid_levels
+    short = min(int(v) for v in canvas_shape_yx)
+    allowed = max_pyramid_levels(canvas_shape_yx)
+    if levels > allowed:
+        raise ValueError(f"output.pyramid_levels: {levels} levels of a {canvas_shape_yx[0]}x{canvas_shape_yx[1]} canvas "
+                         f"make the coarsest level {short >> (levels - 1)} px on its short side (fewer than "
+                         f"{MIN_PYRAMID_SIDE}); use at most {allowed}")
+
+
+def max_pyramid_levels(canvas_shape_yx: tuple[int, int]) -> int:
+    """Most output pyramid levels (full resolution included) whose coarsest level keeps at
+    least :data:`MIN_PYRAMID_SIDE` px on the short side (each level halves, rounding down,
+    as the OME-Zarr writer does); 1 for a canvas smaller than that."""
+    short = min(int(v) for v in canvas_shape_yx)
+    levels = 1
+    while short >> levels >= MIN_PYRAMID_SIDE:
+        levels += 1
+    return levels
 
 
 # Flat option names (CLI / Python API) -> config path.
@@ -132,6 +192,14 @@ FLAT_OPTIONS: dict[str, str] = {
     "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",
 }
+
+
+def _in_range(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """Refuse a number outside [low, high] ((low, high] with ``low_open``), NaN included."""
+    if (low < value if low_open else low <= value) and value <= high:
+        return
+    bounds = f"> {low:g}" if low_open else f">= {low:g}"
+    raise ValueError(f"{key}: {value!r} must be {bounds}" + (f" and <= {high:g}" if high < math.inf else ""))
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

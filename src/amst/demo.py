@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,14 +13,19 @@ DEMO_SHAPE = (40, 384, 384)
 
 def run_demo(out: Path, backend: str = "elastix", workers: int | None = None,
              echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Synthesise ``fibsem-marks``, run TM pre-alignment alone and AMST, print GT errors."""
+    """Synthesise ``fibsem-marks``, run TM pre-alignment alone and AMST, print GT errors.
+
+    ``out`` must be new, empty, or an earlier demo's folder (replaced: only what the demo
+    wrote there is removed); anything else is refused.
+    """
+    from .outdir import OwnedEntry, claim_output
     from .pipeline import align
     from .quality.ground_truth import slice_errors
     from .stack import VoxelSize
     from .synth import SynthConfig, load_ground_truth, synthesize
 
-    if out.exists():
-        shutil.rmtree(out)
+    claim_output(out, kind="demo", entries=[OwnedEntry("data", "owned"), OwnedEntry("amst", "owned")],
+                 overwrite=False, replace_own=True)
     t0 = time.perf_counter()
     data = out / "data"
     synthesize(data, SynthConfig(shape=DEMO_SHAPE, seed=2, voxel_size=VoxelSize(8.0, 5.0, 5.0)), workers=workers)

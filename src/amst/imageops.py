@@ -20,6 +20,38 @@ def finite_float32(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def nonfinite_count(image: np.ndarray) -> int:
+    """Number of NaN and infinite pixels in ``image``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        A slice (any shape, any dtype).
+
+    Returns
+    -------
+    int
+        0 for integer and boolean dtypes (they hold no NaN) without reading the pixels;
+        for float and complex dtypes the count of non-finite pixels.
+
+    Examples
+    --------
+    >>> nonfinite_count(np.array([[1.0, np.nan], [np.inf, 2.0]], dtype=np.float32))
+    2
+    >>> nonfinite_count(np.zeros((4, 4), np.uint16))
+    0
+    """
+    img = np.asarray(image)
+    if img.dtype.kind not in "fc":
+        return 0
+    # A sum is finite only when every term is (NaN and inf propagate, inf - inf is NaN):
+    # one pass without a boolean temporary answers the common case of clean slices.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(img, axis=None)):
+            return 0
+    return int(img.size - np.count_nonzero(np.isfinite(img)))
+
+
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray, min_pixels: int = 16) -> float:
     """Normalised cross-correlation of ``a`` and ``b`` over ``mask`` (NaN if too few pixels or flat)."""
     if int(mask.sum()) < min_pixels:

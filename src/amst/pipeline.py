@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,20 +26,25 @@ from . import __version__
 from .config import RunConfig, build_config, dump_yaml
 from .parallel import default_workers, ordered_map
 from .prealign import prealign, to_transforms
-from .imageops import finite_float32, is_blank
+from .imageops import finite_float32, is_blank, nonfinite_count
 from .prealign.xcorr import PhaseCorrelation
-from .register import check_result, distortion_px, register, sampled_ncc, template_level
+from .register import RegistrationError, check_result, distortion_px, register, sampled_ncc, template_level
 from .register.fast import level_image, level_shape
 from .stack import Stack, VoxelSize, create_writer, open_stack
 from .template import sliding_templates, window_bounds
 from .transform import at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
+from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
+                     mark_complete, read_ownership, refuse_overlap, write_ownership)
 from .warp import warp_slice
 
 log = logging.getLogger("amst")
 
 STAGES = ("read", "prealign", "template", "register", "warp", "write")
-STATE_DIR = ".amst"
+
+
+class RunError(RuntimeError):
+    """The run stopped on a result it must not hand over as aligned data (the message says why)."""
 
 
 @dataclass
@@ -87,10 +92,17 @@ def _output_name(cfg: RunConfig) -> str:
     return "aligned.zarr" if cfg.output.out_format == "zarr" else "aligned"
 
 
-def _config_digest(cfg: RunConfig, stack: Stack) -> str:
-    d = {"config": cfg.result_affecting(), "input": str(stack.path), "shape": list(stack.shape),
-         "input_files": _input_fingerprint(Path(stack.path))}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _digest_parts(cfg: RunConfig, stack: Stack, prealigned: Stack | None) -> dict[str, Any]:
+    """What makes a run's results: a resumed run must agree on every part."""
+    parts = {"config": cfg.result_affecting(), "input": str(stack.path), "shape": list(stack.shape),
+             "input_files": _input_fingerprint(Path(stack.path))}
+    if prealigned is not None:
+        parts["prealigned_files"] = _input_fingerprint(Path(prealigned.path))
+    return json.loads(json.dumps(parts, sort_keys=True, default=str))
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _input_fingerprint(path: Path) -> str:
@@ -108,50 +120,52 @@ def _input_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _prepare_out(out: Path, input_path: Path, digest: str, overwrite: bool) -> bool:
-    """Create or validate OUT. Returns True when resuming an earlier run of the same config."""
-    out_r, in_r = out.resolve(), input_path.resolve()
-    if out_r == in_r or in_r in out_r.parents:
-        raise ValueError(f"output {out} is inside the input {input_path}; choose an OUT outside the input")
-    if out_r in in_r.parents:
-        raise ValueError(f"the input {input_path} is inside the output {out}; choose another OUT")
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two digest-part documents."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} -> {b!r})" if not key.endswith("_files") else
+                       f"{prefix}{key[:-6]} files (names, sizes or times changed)")
+    return out
+
+
+def _run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -> list[OwnedEntry]:
+    output = (OwnedEntry(_output_name(cfg), "zarr") if cfg.output.out_format == "zarr"
+              else OwnedEntry(_output_name(cfg), "tiff", tuple(tiff_names)))
+    return [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
+            OwnedEntry("transforms.json", "file"), output, OwnedEntry("report", "report")]
+
+
+def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], parts: dict[str, Any],
+                 overwrite: bool) -> bool:
+    """Create or validate OUT. Returns True when resuming an earlier run of the same parameters.
+
+    OUT must be new, empty, or a folder an earlier ``amst run`` wrote (see :mod:`amst.outdir`).
+    """
+    refuse_overlap(out, protected)
     state = out / STATE_DIR / "state.json"
-    if out.exists() and any(out.iterdir()):
-        if state.exists():
-            previous = json.loads(state.read_text()).get("digest")
-            if previous == digest and not overwrite:
-                return True
-            if not overwrite:
-                raise ValueError(
-                    f"{out} holds a run with different parameters or input (or input files changed since); "
-                    "pass --overwrite to replace it, or choose another OUT"
-                )
-        elif not overwrite:
-            raise ValueError(f"{out} exists and holds other files; choose an empty or new OUT (or --overwrite)")
-        _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"{out} is not writable; choose another OUT")
+    owner = read_ownership(out) if out.is_dir() else None
+    if owner is not None and owner.kind == "run" and state.is_file():
+        try:
+            previous = json.loads(state.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        if previous.get("digest") == _digest(parts) and not overwrite:
+            return True
+        if not overwrite:
+            changed = _differences(previous.get("parts", {}), parts) if previous.get("parts") else []
+            what = ("; ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+                    if changed else "parameters or input (this run folder predates the list of what changed)")
+            raise OutputError(f"{out} holds a run with different {what}; pass --overwrite to replace it "
+                              "(only the files amst wrote there are removed), or choose another OUT")
+    claim_output(out, kind="run", entries=_run_entries(cfg), overwrite=overwrite, protected=protected)
     (out / STATE_DIR / "journal").mkdir(parents=True, exist_ok=True)
-    _atomic_write(state, json.dumps({"digest": digest, "amst_version": __version__}))
+    atomic_write_text(state, json.dumps({"digest": _digest(parts), "parts": parts, "amst_version": __version__}))
     return False
-
-
-def _clear(out: Path) -> None:
-    for child in out.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _journal_entry(journal: Path, z: int) -> Path:
@@ -172,6 +186,11 @@ def _read_journal(journal: Path, n: int) -> dict[int, dict[str, Any]]:
 
 # -- the worker ----------------------------------------------------------------------------
 
+def _mostly_nonfinite(raw: np.ndarray) -> bool:
+    """More than half of the slice is NaN/inf (float input): too little data to register."""
+    return nonfinite_count(raw) > raw.size / 2
+
+
 def _prealigned_float(image: np.ndarray, affine: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     """Raw slice placed on the canvas by its pre-alignment, NaN where it has no data."""
     return warp_slice(image.astype(np.float32, copy=False), affine, canvas, "linear", fill=np.nan)
@@ -189,7 +208,7 @@ def _template_member(job: _Job, z: int, raw: np.ndarray, image: np.ndarray | Non
     :func:`_registration_image` of ``raw`` (None when the template reads the pre-aligned stack)."""
     level = job.template_level
     shape = level_shape(job.canvas, level)
-    if job.excluded[z] or is_blank(raw):
+    if job.excluded[z] or is_blank(raw) or _mostly_nonfinite(raw):
         return np.full(shape, np.nan, np.float32)  # a bad slice must not pull the median
     if job.templates_from_prealigned_stack:
         placed = finite_float32(job.prealigned_stack.read(z))
@@ -205,16 +224,40 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     parallelism is across slices, and the sums then come out in the same order whatever
     the executor, so a Dask run gives bit-identical results to a local one.
     """
+    single_threaded_libraries()
+    return _process_block(job, first, last)
+
+
+def single_threaded_libraries() -> None:
+    """Limit OpenCV and BLAS to one thread in this process, and leave it so.
+
+    The limits are process-wide. Setting them and restoring them around each block raced
+    when a Dask worker ran two blocks on two threads (one block's restore let the other
+    run multi-threaded, in another summation order); setting them once and never
+    restoring is the same for every thread. :func:`_in_process_limits` restores them for
+    a run computed in the caller's own process.
+    """
     import cv2
     from threadpoolctl import threadpool_limits
 
-    threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    try:
-        with threadpool_limits(1):
-            return _process_block(job, first, last)
-    finally:
-        cv2.setNumThreads(threads)
+    threadpool_limits(1)
+
+
+@contextmanager
+def _in_process_limits() -> Iterator[None]:
+    """Single-threaded libraries for a run computed in this process, restored afterwards."""
+    import cv2
+    from threadpoolctl import ThreadpoolController
+
+    threads = cv2.getNumThreads()
+    controller = ThreadpoolController()
+    with controller.limit(limits=1):
+        cv2.setNumThreads(1)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(threads)
 
 
 def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
@@ -265,7 +308,7 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
                                          "same command to resume") from exc
             timings[z]["write"] += time.perf_counter() - t0
         entry["timings"] = timings[z]
-        _atomic_write(_journal_entry(job.journal, z), json.dumps(entry))
+        atomic_write_text(_journal_entry(job.journal, z), json.dumps(entry))
         results.append(entry)
         t_start = time.perf_counter()
     # template_time holds the pre-alignment warps of the whole window; charge them per slice.
@@ -283,6 +326,15 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, templ
     metrics: dict[str, Any] = {}
     if is_blank(raw):
         return {"index": z, "affine": prealigned.tolist(), "status": "blank", "metrics": {"reason": "blank slice"}}
+    bad_pixels = nonfinite_count(raw)
+    if bad_pixels:
+        metrics["nonfinite_pixels"] = bad_pixels
+        metrics["check"] = (f"{bad_pixels} NaN/inf pixel(s) ({100 * bad_pixels / raw.size:.2g} %) in the raw slice, "
+                            "treated as no data")
+    if _mostly_nonfinite(raw):
+        return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
+                "metrics": {**metrics, "reason": "more than half of the raw slice is NaN/inf: too little data to "
+                                                 "register; kept at its pre-alignment and out of every template"}}
     mask = np.isfinite(template)
     if mask.mean() < 0.05:
         return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
@@ -291,13 +343,18 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, templ
     level = job.template_level
     t0 = time.perf_counter()
     status, reason = "ok", ""
+    params = cfg.register.elastix if cfg.register.backend == "elastix" else cfg.register.fast
     try:
-        params = cfg.register.elastix if cfg.register.backend == "elastix" else cfg.register.fast
         result = register(cfg.register.backend, image, filled, mask, initial, params, level, level)
         affine = result.affine
         metrics.update(result.metrics)
-    except Exception as exc:  # a failed registration must not stop the run: keep the pre-alignment
+    except RegistrationError as exc:  # a registration that legitimately failed on this slice's data
         affine, status, reason = prealigned, "fallback", f"registration failed: {exc}"
+    except Exception as exc:
+        raise RunError(f"slice {z} ({job.stack.slice_name(z)}): the {cfg.register.backend} back-end raised "
+                       f"{type(exc).__name__}: {exc}. This is not a property of the data but a bug or a broken "
+                       "installation, so the run stopped (re-run the same command to resume; -v shows the "
+                       "traceback)") from exc
     timing["register"] += time.perf_counter() - t0
     ncc_before = sampled_ncc(image, filled, mask, at_level(prealigned, level))
     metrics["ncc_prealign"] = ncc_before
@@ -345,7 +402,11 @@ def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
     if cfg.execution.scheduler:
         from distributed import Client
 
-        client = Client(cfg.execution.scheduler)
+        try:
+            client = Client(cfg.execution.scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ValueError(f"--scheduler {cfg.execution.scheduler}: cannot reach the Dask scheduler ({exc}); "
+                             "check the address and that the scheduler is running") from exc
         return client, client.close
     if cfg.execution.cluster == "slurm":
         try:
@@ -367,15 +428,61 @@ def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
         return client, close
     if workers <= 1:
         return None, lambda: None
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Start of each local worker process: die with the parent, leave Ctrl-C to the parent.
+
+    A SIGKILLed ``amst run`` cannot shut its pool down; without this its workers stayed
+    alive. On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG);
+    elsewhere a daemon thread polls the parent's pid.
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="amst-parent-watch").start()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C in this process while the block runs (worker processes started in it inherit that)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _prealigned_transforms(stack: Stack, prealigned: Stack, workers: int) -> Transforms:
     """Pre-alignment taken from a stack aligned elsewhere: its canvas, and the translation
     from each of its slices to the same raw slice."""
-    if len(prealigned) != len(stack):
-        raise ValueError(f"--prealigned has {len(prealigned)} slices, the input {len(stack)}; they must match")
     pc = PhaseCorrelation()
 
     def on_canvas(image: np.ndarray) -> np.ndarray:
@@ -388,9 +495,18 @@ def _prealigned_transforms(stack: Stack, prealigned: Stack, workers: int) -> Tra
     def one(z: int):
         return pc.match(pc.describe(prealigned.read(z)), pc.describe(on_canvas(stack.read(z))))
 
+    measured = list(ordered_map(one, range(len(stack)), workers))
+    shifts = np.array([m.shift_xy for m in measured], float)
+    ok = np.array([m.ok for m in measured])
+    if not ok.any():
+        raise ValueError(f"--prealigned {prealigned.path}: no slice could be matched to its raw slice; "
+                         "is it the same data as the input?")
+    # A failed measurement says nothing about its slice: take the neighbours' shift, as prealign() does.
+    idx = np.flatnonzero(ok)
+    filled = np.stack([np.interp(np.arange(len(stack)), idx, shifts[idx, a]) for a in (0, 1)], axis=1)
     slices = []
-    for z, m in enumerate(ordered_map(one, range(len(stack)), workers)):
-        t = translation(*m.shift_xy)
+    for z, m in enumerate(measured):
+        t = translation(*filled[z])
         slices.append(SliceTransform(z, stack.slice_name(z), t, t.copy(), "ok" if m.ok else "failed",
                                      {"prealign_confidence": m.confidence}))
     return Transforms(prealigned.shape[1:], slices, stack.voxel_size,
@@ -435,26 +551,50 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
     vs = VoxelSize.from_values(*cfg.input.voxel_size) if cfg.input.voxel_size else None
     stack = open_stack(input, pattern=cfg.input.pattern, dataset=cfg.input.dataset, voxel_size=vs,
                        channel=cfg.input.channel, allow_pad=cfg.input.allow_pad, skip_bad=cfg.input.skip_bad)
-    digest = _config_digest(cfg, stack)
-    resuming = _prepare_out(out, stack.path, digest, overwrite)
-    handler = _attach_log(out / "amst.log")
+    prealigned_stack = open_stack(cfg.prealigned) if cfg.prealigned else None
+    _validate_for_stack(cfg, stack, prealigned_stack)
+    parts = _digest_parts(cfg, stack, prealigned_stack)
+    protected = {"the input": stack.path, "the --prealigned stack": prealigned_stack and prealigned_stack.path,
+                 "the config file": Path(config) if isinstance(config, (str, Path)) else None}
+    # Everything that can be refused is checked, and the scheduler reached, before OUT is touched.
+    executor, close = _executor(cfg, default_workers(cfg.execution.workers))
     try:
-        return _run(stack, out, cfg, resuming, progress)
+        resuming = _prepare_out(out, cfg, protected, parts, overwrite)
+        handler = _attach_log(out / "amst.log")
+        try:
+            return _run(stack, prealigned_stack, out, cfg, resuming, progress, executor)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        close()
+
+
+def _validate_for_stack(cfg: RunConfig, stack: Stack, prealigned: Stack | None) -> None:
+    """The checks that need the opened input (slice count, shape, voxel size)."""
+    from .config import validate_for_canvas
+    from .prealign import validate_for_stack
+
+    if prealigned is not None:
+        if len(prealigned) != len(stack):
+            raise ValueError(f"--prealigned {prealigned.path} has {len(prealigned)} slices, the input "
+                             f"{stack.path} {len(stack)}; they must match")
+    elif cfg.prealign.method != "none":
+        validate_for_stack(cfg.prealign, len(stack), tuple(stack.shape[1:]), stack.voxel_size)
+    validate_for_canvas(cfg, tuple(stack.shape[1:]))
 
 
 def _attach_log(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
+    if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     return handler
 
 
-def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool) -> AlignResult:
+def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig, resuming: bool, progress: bool,
+         executor: Any) -> AlignResult:
     from tqdm import tqdm
 
     n = len(stack)
@@ -462,10 +602,9 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     state = out / STATE_DIR
     log.info("amst %s: %s (%d slices, %dx%d %s, voxel %s) -> %s%s", __version__, stack.path, n, stack.shape[1],
              stack.shape[2], stack.dtype, stack.voxel_size or "unknown", out, " (resuming)" if resuming else "")
-    (out / "config.yaml").write_text(dump_yaml(cfg, __version__))
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg, __version__))
 
     # Step 1: pre-alignment (saved, so a resumed run does not redo it).
-    prealigned_stack = open_stack(cfg.prealigned) if cfg.prealigned else None
     pre_file = state / "prealign.json"
     t0 = time.perf_counter()
     if resuming and pre_file.exists():
@@ -492,8 +631,8 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
                    "voxel_size": stack.voxel_size, "names": stack.names,
                    "pyramid_levels": cfg.output.pyramid_levels}
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
-    if not (resuming and out_stack.exists()):
-        create_writer(**writer_spec)
+    writer = create_writer(**writer_spec, mode="a" if resuming and out_stack.exists() else "w")
+    write_ownership(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
     passes = cfg.register.passes
     level = template_level(cfg.register.backend, cfg.register.fast, canvas)
     if level:
@@ -505,37 +644,40 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     per_pass: list[int] = []
     results: dict[int, dict[str, Any]] = {}
     done: dict[int, dict[str, Any]] = {}
-    executor, close = _executor(cfg, workers)
-    try:
-        for pass_index in range(1, passes + 1):
-            final = pass_index == passes
-            journal = state / ("journal" if final else f"journal_pass{pass_index}")
-            journal.mkdir(parents=True, exist_ok=True)
-            done = _read_journal(journal, n) if resuming else {}
-            todo = [z for z in range(n) if z not in done]
-            block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
-            job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
-                       cfg, writer_spec if final else None, journal, level)
-            if done:
-                log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
-            results = dict(done)
-            per_pass.append(len(todo))
-            label = f"register ({cfg.register.backend}" + (f", pass {pass_index}/{passes})" if passes > 1 else ")")
-            with tqdm(total=n, initial=len(done), desc=label, unit="slice", disable=not progress) as bar:
-                for entries in _map_blocks(executor, job, _blocks(todo, block)):
-                    for e in entries:
-                        results[e["index"]] = e
-                    bar.update(len(entries))
-            if not final:
-                # The next pass starts from this one's results; its templates place slices by
-                # them or by the pre-alignment (template.second_pass_from).
-                ok = np.array([results[z]["status"] == "ok" for z in range(n)])
-                start_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
-                if cfg.template.second_pass_from == "corrected":
-                    template_affines = start_affines
-                excluded = excluded | ~ok | _distorted(start_affines, prealign_affines, canvas, cfg)
-    finally:
-        close()
+    for pass_index in range(1, passes + 1):
+        final = pass_index == passes
+        journal = state / ("journal" if final else f"journal_pass{pass_index}")
+        journal.mkdir(parents=True, exist_ok=True)
+        done = _read_journal(journal, n) if resuming else {}
+        if final and done:
+            done = _drop_missing_output(done, writer, journal)
+        todo = [z for z in range(n) if z not in done]
+        block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
+        job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
+                   cfg, writer_spec if final else None, journal, level)
+        if done:
+            log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
+        results = dict(done)
+        per_pass.append(len(todo))
+        watch = _FallbackWatch(cfg.register.max_fallback_fraction, n - sum(s.status == "blank" for s in pre_tf.slices),
+                               cfg.register.backend, pass_index)
+        for e in done.values():
+            watch.add(e)
+        label = f"register ({cfg.register.backend}" + (f", pass {pass_index}/{passes})" if passes > 1 else ")")
+        with tqdm(total=n, initial=len(done), desc=label, unit="slice", disable=not progress) as bar:
+            for entries in _map_blocks(executor, job, _blocks(todo, block)):
+                for e in entries:
+                    results[e["index"]] = e
+                    watch.add(e)
+                bar.update(len(entries))
+        if not final:
+            # The next pass starts from this one's results; its templates place slices by
+            # them or by the pre-alignment (template.second_pass_from).
+            ok = np.array([results[z]["status"] == "ok" for z in range(n)])
+            start_affines = np.array([results[z]["affine"] if ok[z] else prealign_affines[z] for z in range(n)])
+            if cfg.template.second_pass_from == "corrected":
+                template_affines = start_affines
+            excluded = excluded | ~ok | _distorted(start_affines, prealign_affines, canvas, cfg)
 
     # Assemble transforms.json last: its presence marks a complete run.
     slices = []
@@ -553,18 +695,100 @@ def _run(stack: Stack, out: Path, cfg: RunConfig, resuming: bool, progress: bool
     per_slice = {k: v / n for k, v in totals.items()}
     tf = Transforms(canvas, slices, stack.voxel_size,
                     {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
-                     "timings_per_slice_s": per_slice, "output": out_stack.name})
+                     "timings_per_slice_s": per_slice, "output": out_stack.name},
+                    input_shape_yx=tuple(int(v) for v in stack.shape[1:]))
     tf.save(out / "transforms.json")
+    mark_complete(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
+    checks = [x for x in slices if x.metrics.get("check")]
+    if checks:
+        log.warning("%d slice(s) to inspect: %s", len(checks),
+                    "; ".join(f"{x.index} ({x.name}): {x.metrics['check']}" for x in checks[:10]))
     counts = {s: sum(x.status == s for x in slices) for s in ("ok", "fallback", "blank", "failed")}
     log.info("done: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     log.info("time per slice (s): %s", "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items()))
     return AlignResult(out, out_stack, tf, per_slice, len(todo), per_pass, cfg)
 
 
+@dataclass
+class _FallbackWatch:
+    """Stops a pass as soon as more than ``limit`` of the non-blank slices have fallen back.
+
+    A registration may fail on a few slices (too little texture, a template with no
+    overlap); when many do, the cause is almost always the setup (wrong parameters, a
+    broken back-end, a pre-alignment off by far), and the output would be a stack of
+    pre-aligned slices labelled as aligned.
+    """
+
+    limit: float
+    total: int
+    backend: str
+    pass_index: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        if entry["status"] != "fallback":
+            return
+        reason = str(entry["metrics"].get("reason", "unknown"))
+        key = reason.split(" (")[0][:120]
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+        count = sum(self.reasons.values())
+        if self.limit < 1.0 and count > self.limit * self.total:
+            top = sorted(self.reasons.items(), key=lambda kv: -kv[1])[:3]
+            raise RunError(
+                f"pass {self.pass_index}: {count} of {self.total} non-blank slices fell back to the pre-alignment "
+                f"(more than register.max_fallback_fraction = {self.limit:g}); most common reasons: "
+                + "; ".join(f"{v} x '{k}'" for k, v in top)
+                + f". Likely cause: {_likely_cause(top[0][0], self.backend)} To accept a run with this many "
+                "fallbacks, set register.max_fallback_fraction: 1.0 in the config.")
+
+
+def _likely_cause(reason: str, backend: str) -> str:
+    if reason.startswith("registration failed"):
+        return f"the {backend} back-end's parameters (register.{backend}) or its installation."
+    if "template covers" in reason or "no overlap" in reason:
+        return "a pre-alignment that places slices far apart (check the ROI / --prealign method)."
+    if "non-finite" in reason:
+        return "NaN/inf pixels in the input (a conversion problem)."
+    if "resemble" in reason or "similarity" in reason:
+        return "slices that do not resemble their templates: a wrong pre-alignment, or --median-radius too large."
+    return "the registration checks (register.max_scale_change, max_shear, max_shift_px) reject most corrections."
+
+
+def _drop_missing_output(done: dict[int, dict[str, Any]], writer: Any, journal: Path) -> dict[int, dict[str, Any]]:
+    """Journal entries whose slice is no longer on disk are not done: they are recomputed."""
+    missing = [z for z in sorted(done) if not slice_on_disk(writer, z)]
+    if missing:
+        log.warning("%d slice(s) listed as done are missing from %s (e.g. %s); recomputing them", len(missing),
+                    writer.path, ", ".join(str(z) for z in missing[:10]))
+        for z in missing:
+            _journal_entry(journal, z).unlink(missing_ok=True)
+    return {z: e for z, e in done.items() if z not in set(missing)}
+
+
+def slice_on_disk(writer: Any, z: int) -> bool:
+    """True when every file that holds slice ``z`` of the writer's stack exists.
+
+    TIFF folders: the slice's file. OME-Zarr: every chunk of slice ``z`` at every level
+    (the writer stores empty chunks too, so a missing chunk is always lost data).
+    """
+    if getattr(writer, "kind", None) == "tiff":
+        p = writer.path / writer.names[z]
+        return p.is_file() and p.stat().st_size > 0
+    for i, arr in enumerate(writer.arrays):
+        _, h, w = arr.shape
+        _, ch, cw = arr.chunks
+        for cy in range(-(-h // ch)):
+            for cx in range(-(-w // cw)):
+                if not (writer.path / str(i) / str(z) / str(cy) / str(cx)).is_file():
+                    return False
+    return True
+
+
 def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iterator[list[dict[str, Any]]]:
     if executor is None:
-        for a, b in blocks:
-            yield process_block(job, a, b)
+        with _in_process_limits():
+            for a, b in blocks:
+                yield process_block(job, a, b)
         return
     if hasattr(executor, "scatter"):  # a dask.distributed Client
         from distributed import as_completed as dask_completed
@@ -574,7 +798,8 @@ def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iter
         for fut in dask_completed(futures):
             yield fut.result()
         return
-    futures = [executor.submit(process_block, job, a, b) for a, b in blocks]
+    with _sigint_ignored():  # workers start while submitting: they inherit the ignored SIGINT
+        futures = [executor.submit(process_block, job, a, b) for a, b in blocks]
     for fut in as_completed(futures):
         yield fut.result()
 
@@ -602,20 +827,31 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     """
     from tqdm import tqdm
 
+    if order not in ("cubic", "linear", "nearest"):
+        raise ValueError(f"order: {order!r} is not allowed; use cubic, linear or nearest (labels)")
     tf = load_transforms(transforms)
     stack = open_stack(input, pattern=pattern, dataset=dataset)
     if len(stack) != len(tf.slices):
         raise ValueError(f"{input} has {len(stack)} slices but {transforms} has {len(tf.slices)}; they must match")
+    shape_yx = tuple(int(v) for v in stack.shape[1:])
+    if tf.input_shape_yx is not None and shape_yx != tuple(tf.input_shape_yx):
+        raise ValueError(f"{input} has slices of {shape_yx[0]} x {shape_yx[1]} px, but {transforms} was measured on "
+                         f"slices of {tf.input_shape_yx[0]} x {tf.input_shape_yx[1]} px; apply transforms only to "
+                         "a stack acquired with the run's input (same slice size)")
+    if tf.input_shape_yx is None:
+        log.warning("%s does not record the input's slice size (written by an older amst); cannot check that %s "
+                    "matches it", transforms, input)
     out = Path(out)
     fmt = out_format or ("zarr" if out.suffix == ".zarr" else "tiff")
-    occupied = (out.is_dir() and any(out.iterdir())) or out.is_file()
-    if occupied:
-        if not overwrite:
-            raise ValueError(f"{out} exists; choose a new path or pass --overwrite")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if fmt not in ("zarr", "tiff"):
+        raise ValueError(f"out_format: {fmt!r} is not allowed; use zarr or tiff")
+    protected = {"the input": stack.path, "the transforms file": Path(transforms)}
+    claim_output(out, kind="apply", entries=[OwnedEntry(".", fmt)], overwrite=overwrite, protected=protected)
     canvas = tuple(tf.canvas_shape_yx)
     writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, stack.voxel_size or tf.voxel_size,
                            names=stack.names)
+    ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ())))])
+    write_ownership(out, ownership)  # again: creating a Zarr store may have cleared the folder
 
     def one(z: int) -> None:
         writer.write(z, warp_slice(stack.read(z), tf.slices[z].affine, canvas, order))
@@ -623,7 +859,8 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     with tqdm(total=len(stack), desc="apply", unit="slice", disable=not progress) as bar:
         for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
             bar.update(1)
+    mark_complete(out, ownership)
     return out
 
 
-__all__ = ["align", "apply", "AlignResult", "process_block"]
+__all__ = ["align", "apply", "AlignResult", "RunError", "process_block", "slice_on_disk"]

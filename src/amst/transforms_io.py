@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ class Transforms:
     slices: list[SliceTransform]
     voxel_size: VoxelSize | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    input_shape_yx: tuple[int, int] | None = None  # slice shape of the stack the transforms were measured on
 
     @property
     def affines(self) -> np.ndarray:
@@ -55,15 +55,16 @@ class Transforms:
                "canvas": {"shape_yx": [int(v) for v in self.canvas_shape_yx]},
                "voxel_size": self.voxel_size.to_dict() if self.voxel_size else None,
                "slices": [s.to_json() for s in self.slices]}
+        if self.input_shape_yx is not None:
+            doc["input"] = {"shape_yx": [int(v) for v in self.input_shape_yx]}
         doc.update(jsonable(self.extra))
         return doc
 
     def save(self, path: str | Path) -> None:
-        """Write atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        """Write atomically (temporary file, fsync, then rename)."""
+        from .outdir import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
 
 
 def load_transforms(path: str | Path) -> Transforms:
@@ -84,8 +85,11 @@ def load_transforms(path: str | Path) -> Transforms:
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}: slice entry {s.get('index')} is invalid ({exc})") from exc
     vs = VoxelSize.from_dict(doc["voxel_size"]) if doc.get("voxel_size") else None
-    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "convention", "canvas", "voxel_size", "slices")}
-    return Transforms(tuple(doc["canvas"]["shape_yx"]), slices, vs, extra)
+    known = ("format", "version", "convention", "canvas", "voxel_size", "slices", "input")
+    extra = {k: v for k, v in doc.items() if k not in known}
+    shape = (doc.get("input") or {}).get("shape_yx")
+    return Transforms(tuple(doc["canvas"]["shape_yx"]), slices, vs, extra,
+                      tuple(int(v) for v in shape) if shape else None)
 
 
 def jsonable(obj: Any) -> Any:

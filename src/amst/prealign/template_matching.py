@@ -134,9 +134,39 @@ def _search(image: np.ndarray, template: np.ndarray, last_xy: np.ndarray, margin
     return sx0 + x, sy0 + y, peak
 
 
+@dataclass(frozen=True)
+class RoiProposal:
+    """The region :func:`propose_roi_scored` chose, and how convincing it is.
+
+    ``score`` is ``distinctiveness * stability`` (what the choice maximises);
+    ``stability`` is the lowest NCC peak of the region in the comparison slices, the
+    number that tells fixed marks from cell content (see :data:`AUTO_ROI_MIN_STABILITY`
+    in :mod:`amst.prealign`). All three are 0 when no window had any texture.
+    """
+
+    xywh: tuple[int, int, int, int]
+    score: float
+    distinctiveness: float
+    stability: float
+
+
 def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_fraction: float = 0.3,
                 size_yx: tuple[int, int] | None = None, margin_x: int = 64) -> tuple[int, int, int, int]:
     """The most distinctive, z-stable region in the top band of ``image`` (where FIB marks are).
+
+    See :func:`propose_roi_scored`, which also returns the region's scores.
+
+    Returns
+    -------
+    tuple of int
+        ``(x, y, w, h)`` in pixels.
+    """
+    return propose_roi_scored(image, others, band_fraction, size_yx, margin_x).xywh
+
+
+def propose_roi_scored(image: np.ndarray, others: list[np.ndarray] | None = None, band_fraction: float = 0.3,
+                       size_yx: tuple[int, int] | None = None, margin_x: int = 64) -> RoiProposal:
+    """The most distinctive, z-stable region in the top band of ``image``, with its scores.
 
     A candidate window scores ``distinctiveness * stability``: distinctiveness is one minus
     the highest NCC of the window with itself shifted by more than 2 px (flat or repetitive
@@ -144,10 +174,23 @@ def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_
     slices (e.g. 10 slices away), searched nearby. Marks are fixed in space and keep their
     look; cell content changes with depth, so it loses on stability.
 
+    Parameters
+    ----------
+    image : (h, w) array
+        The slice the template will be cut from.
+    others : list of (h, w) arrays, optional
+        Slices to test stability against; without them every window has stability 1.
+    band_fraction : float
+        Height of the searched top band as a fraction of ``h``.
+    size_yx : (int, int), optional
+        Window size; by default about a third of the band high and half the slice wide.
+    margin_x : int
+        Columns left out at each side.
+
     Returns
     -------
-    tuple of int
-        ``(x, y, w, h)`` in pixels.
+    RoiProposal
+        The window ``(x, y, w, h)`` in pixels and its score, distinctiveness and stability.
     """
     # Smooth first so that shot noise does not look "distinctive".
     blur = lambda im: cv2.GaussianBlur(finite_float32(im), (0, 0), 2.0)  # noqa: E731
@@ -159,7 +202,7 @@ def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_
     rh, rw = min(rh, band), min(rw, w - 2 * min(margin_x, w // 4))
     pad = 24
     noise = float(np.std(img - cv2.GaussianBlur(img, (0, 0), 3.0)))
-    best, best_score = (0, 0, rw, rh), -np.inf
+    best, best_score, best_parts = (0, 0, rw, rh), -np.inf, (0.0, 0.0)
     y_start = min(16, band // 8)
     mx = min(margin_x, max(0, (w - rw) // 2))
     for y in range(y_start, max(y_start + 1, band - rh + 1), max(1, rh // 4)):
@@ -177,6 +220,8 @@ def propose_roi(image: np.ndarray, others: list[np.ndarray] | None = None, band_
                           for o in others_f), default=1.0)
             score = distinct * max(stable, 0.0)
             if score > best_score:
-                best, best_score = (x, y, rw, rh), score
-    log.info("proposed template ROI x=%d y=%d w=%d h=%d (score %.2f)", *best, best_score)
-    return best
+                best, best_score, best_parts = (x, y, rw, rh), score, (distinct, stable)
+    proposal = RoiProposal(best, max(0.0, float(best_score)), *(float(v) for v in best_parts))
+    log.info("proposed template ROI x=%d y=%d w=%d h=%d (score %.2f, stability %.2f)", *best, proposal.score,
+             proposal.stability)
+    return proposal

@@ -46,11 +46,84 @@ def split_drift_jitter(displacement: np.ndarray, window: int = DRIFT_WINDOW) -> 
     return low, displacement - low
 
 
+def _input_shape_yx(tf: Transforms) -> tuple[int, int] | None:
+    """The raw slice shape the run recorded (transforms.json ``input.shape_yx``), if any."""
+    shape = getattr(tf, "input_shape_yx", None)
+    if shape is None and isinstance(tf.extra.get("input"), dict):
+        shape = tf.extra["input"].get("shape_yx")
+    return None if shape is None else (int(shape[0]), int(shape[1]))
+
+
+def check_truth_matches(tf: Transforms, truth: dict[str, Any], transforms_path: str | Path,
+                        truth_path: str | Path) -> None:
+    """Refuse ground truth that belongs to another stack than the one the run aligned.
+
+    Parameters
+    ----------
+    tf : Transforms
+        The run's transforms.
+    truth : dict
+        The ground truth, as :func:`amst.synth.load_ground_truth` returns it.
+    transforms_path, truth_path : str or path
+        The two files, for the message.
+
+    Raises
+    ------
+    ValueError
+        When the slice counts differ, when both files name their slices and the names
+        differ, or when the run records its input's slice shape (``input.shape_yx``) and
+        it is not the truth's.
+    """
+    where = f"ground truth {truth_path} does not belong to the run {transforms_path}"
+    what = "give the ground_truth.json of the stack this run aligned"
+    n_run, n_truth = len(tf.slices), len(truth["slices"])
+    if n_run != n_truth:
+        raise ValueError(f"{where}: the truth has {n_truth} slices, the run {n_run}; {what}")
+    truth_yx = [int(v) for v in truth["shape_zyx"][1:]]
+    run_yx = _input_shape_yx(tf)
+    if run_yx is not None and list(run_yx) != truth_yx:
+        raise ValueError(f"{where}: the truth's slices are {truth_yx[0]}x{truth_yx[1]} px (y x), the run's input "
+                         f"slices {run_yx[0]}x{run_yx[1]} px; {what}")
+    # A run whose input had no file names calls its slices "slice {z}" (Stack.slice_name).
+    run_names = [s.name for s in tf.slices]
+    truth_names = [s.get("name") for s in truth["slices"]]
+    if all(truth_names) and run_names != [f"slice {s.index}" for s in tf.slices]:
+        for z, (a, b) in enumerate(zip(run_names, truth_names)):
+            if a != b:
+                raise ValueError(f"{where}: slice {z} is {a!r} in the run but {b!r} in the truth; {what}")
+
+
 def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[Crop] | None = None,
                  crop_size: int = 512) -> Evaluation:
-    """Measure an ``amst run`` output folder (or any folder with transforms.json + aligned stack)."""
+    """Measure an ``amst run`` output folder (or any folder with transforms.json + aligned stack).
+
+    Parameters
+    ----------
+    run : str or path
+        The folder with ``transforms.json`` and the aligned stack.
+    truth : str or path, optional
+        ``ground_truth.json`` of the synthetic stack the run aligned; refused (ValueError)
+        when it belongs to another stack (:func:`check_truth_matches`).
+    crops : list of Crop, optional
+        Where to measure the residual (default: chosen on the middle slice, or the
+        nearest one without NaN/inf pixels, :func:`~amst.quality.residual.reference_slice`).
+    crop_size : int
+        Side of the crops chosen when ``crops`` is None.
+
+    Returns
+    -------
+    Evaluation
+        Slices with NaN/inf pixels are listed in ``summary["nonfinite_slices"]``; the
+        figures of those with too little finite data are NaN, never averaged in.
+    """
     run = Path(run)
     tf = load_transforms(run / "transforms.json")
+    truth_doc = None
+    if truth is not None:
+        from ..synth import load_ground_truth
+
+        truth_doc = load_ground_truth(truth)
+        check_truth_matches(tf, truth_doc, run / "transforms.json", truth)
     name = tf.extra.get("output") or ("aligned.zarr" if (run / "aligned.zarr").exists() else "aligned")
     stack = open_stack(run / name)
     sw = sweep(stack, crops, crop_size)
@@ -65,6 +138,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         "neighbour_ncc_median": float(np.nanmedian(sw.neighbour_ncc)) if np.isfinite(sw.neighbour_ncc).any() else None,
         "pixel_nm": pixel_nm,
         "timings_per_slice_s": tf.extra.get("timings_per_slice_s", {}),
+        "nonfinite_slices": nonfinite_slices(sw, tf, stack.shape[1] * stack.shape[2]),
     }
     per_slice: dict[str, list] = {
         "status": statuses,
@@ -74,11 +148,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         **{f"shift_crop{k}_xy_px": r.tolist() for k, r in enumerate(sw.shift_xy)},
         **{k: v.tolist() for k, v in transform_parameters(tf).items()},
     }
-    truth_doc = None
-    if truth is not None:
-        from ..synth import load_ground_truth
-
-        truth_doc = load_ground_truth(truth)
+    if truth_doc is not None:
         raw_shape = tuple(truth_doc["shape_zyx"][1:])
         exclude = np.array([s in ("blank",) for s in statuses])
         err = slice_errors(tf.affines, truth_doc["maps"], tf.canvas_shape_yx, raw_shape, exclude=exclude)
@@ -97,6 +167,33 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
             "jitter_px_rms": float(np.sqrt(np.mean(np.sum(jitter ** 2, axis=1)))),
         }
     return Evaluation(run, tf, sw, summary, per_slice, truth_doc)
+
+
+def nonfinite_slices(sw: SliceSweep, tf: Transforms, slice_px: int) -> list[dict[str, Any]]:
+    """The slices of the aligned stack that hold NaN/inf pixels, and what could be measured on them.
+
+    Parameters
+    ----------
+    sw : SliceSweep
+        The sweep over the aligned stack.
+    tf : Transforms
+        The run's transforms (for the slice names).
+    slice_px : int
+        Pixels per aligned slice.
+
+    Returns
+    -------
+    list of dict
+        ``index``, ``name``, ``nonfinite_px``, ``fraction`` and ``crops_measured``: the crops
+        with enough finite data to measure; in the others the residual to and from the
+        neighbouring slices is NaN.
+    """
+    if sw.nonfinite_px is None:
+        return []
+    usable = sw.usable_crops if sw.usable_crops is not None else np.ones(sw.residual_px.shape, dtype=bool)
+    return [{"index": int(z), "name": tf.slices[z].name, "nonfinite_px": int(sw.nonfinite_px[z]),
+             "fraction": float(sw.nonfinite_px[z] / slice_px), "crops_measured": int(usable[:, z].sum())}
+            for z in np.flatnonzero(sw.nonfinite_px)]
 
 
 def write_json(evals: list[Evaluation], path: str | Path) -> None:

@@ -15,7 +15,16 @@ from ..transform import apply_to_points, compose, invert
 
 
 def output_to_volume(affines: np.ndarray, gt_maps: np.ndarray) -> np.ndarray:
-    """(n, 2, 3) composites ``G_z o A_z``."""
+    """(n, 2, 3) composites ``G_z o A_z``.
+
+    Raises
+    ------
+    ValueError
+        When there are not as many ground-truth maps as affines (another stack's truth).
+    """
+    if len(affines) != len(gt_maps):
+        raise ValueError(f"{len(affines)} alignment affines but {len(gt_maps)} ground-truth maps: "
+                         "the ground truth belongs to another stack")
     return np.array([compose(g, a) for g, a in zip(gt_maps, affines)])
 
 

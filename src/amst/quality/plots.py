@@ -20,11 +20,14 @@ def _mark_flags(ax, statuses: list[str]) -> None:
 
 
 def _contrast(img: np.ndarray) -> np.ndarray:
-    v = img[np.isfinite(img) & (img != 0)]
+    """``img`` stretched to [0, 1] between its 1st and 99th percentile of data; NaN/inf
+    pixels (no data) are shown black, like the canvas outside the slices."""
+    finite = np.isfinite(img)
+    v = img[finite & (img != 0)]
     if v.size == 0:
         return np.zeros_like(img, dtype=np.float32)
     lo, hi = np.percentile(v, [1, 99])
-    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    return np.where(finite, np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), 0).astype(np.float32)
 
 
 def plot_residual(residual_px: np.ndarray, jitter_residual_px: np.ndarray, ncc: np.ndarray, pixel_nm: float | None,

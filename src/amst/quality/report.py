@@ -11,6 +11,7 @@ import numpy as np
 from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
 from .plots import plot_ground_truth, plot_residual, plot_transforms, save_reslice
+from .residual import MIN_FINITE_FRACTION
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;color:#222;line-height:1.4}
@@ -31,11 +32,33 @@ def _verdict(ev: Evaluation) -> tuple[str, str]:
     unit = s["jitter_residual"][0]["unit"] if s["jitter_residual"] else "px"
     px = (np.median(res) / (s["pixel_nm"] or 1.0)) if res else float("nan")
     what = f"median slice-to-slice misalignment {np.median(res):.1f} {unit}" if res else "no residual measured"
-    if bad == 0 and px < 0.5:
+    holes = len(s.get("nonfinite_slices", []))
+    if holes:
+        what += f"; {holes} slice(s) hold NaN/inf pixels, which are no data (listed below)"
+    if bad == 0 and px < 0.5 and not holes:
         return "good", f"All {n} slices aligned; {what} (< half a pixel)."
     if bad <= max(1, n // 50) and px < 1.0:
         return "warn", f"{bad} of {n} slices need a look (listed below); {what}."
     return "bad", f"{bad} of {n} slices were not aligned by AMST; {what}. Check the flagged slices."
+
+
+def _nonfinite_section(ev: Evaluation) -> str:
+    """The list of slices with NaN/inf pixels (empty string when there are none)."""
+    holes = ev.summary.get("nonfinite_slices", [])
+    if not holes:
+        return ""
+    n_crops = len(ev.sweep.crops)
+    rows = "".join(
+        f"<tr><td>{h['index']}</td><td style='text-align:left'>{html.escape(h['name'])}</td>"
+        f"<td>{h['nonfinite_px']}</td><td>{100 * h['fraction']:.1f} %</td>"
+        f"<td>{h['crops_measured']} of {n_crops}</td></tr>"
+        for h in holes[:500])
+    return (f"<h2>Slices with NaN/inf pixels ({len(holes)})</h2>"
+            f"<p class='note'>These pixels are no data. A crop with less than {100 * MIN_FINITE_FRACTION:.0f} % finite "
+            "pixels is not measured: "
+            "its residual to and from the neighbouring slices is NaN and left out of every mean above.</p>"
+            "<table><tr><th>slice</th><th>name</th><th>NaN/inf pixels</th><th>share</th><th>crops measured</th></tr>"
+            f"{rows}</table>")
 
 
 def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluation | None = None) -> Path:
@@ -100,7 +123,7 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 <img src="reslice_xz.png" alt="xz reslice"><img src="reslice_yz.png" alt="yz reslice">
 <h2>Flagged slices ({len(flagged)})</h2>
 {'<table><tr><th>slice</th><th>name</th><th>status</th><th>reason</th></tr>' + rows + '</table>' if flagged else '<p>None.</p>'}
-<h2>Time per slice (s)</h2><table>{timing_rows}</table>
+{_nonfinite_section(ev)}<h2>Time per slice (s)</h2><table>{timing_rows}</table>
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
     (out / "index.html").write_text(body)

@@ -30,6 +30,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from ..imageops import finite_float32, nonfinite_count
 from ..imageops import ncc as image_ncc
 from ..parallel import default_workers, ordered_map
 from ..prealign.xcorr import PhaseCorrelation
@@ -59,6 +60,8 @@ class SliceSweep:
     reslice_xz: np.ndarray           # (n, W) the row through the middle of the canvas
     reslice_yz: np.ndarray           # (n, H) the column through the middle
     extra: dict = field(default_factory=dict)
+    nonfinite_px: np.ndarray | None = None  # (n,) NaN/inf pixels per slice (no data); None: not counted
+    usable_crops: np.ndarray | None = None  # (n_crops, n) False where a crop had too little finite data
 
     @cached_property
     def residual_px(self) -> np.ndarray:
@@ -72,6 +75,44 @@ class SliceSweep:
 
 
 JITTER_WINDOW = 15
+# A crop (or the centre the NCC is taken on) with fewer finite pixels than this share is
+# not measured: its residual / NCC is NaN. Above it, the few NaN/inf pixels are filled with
+# the median of the others, which moves no structure.
+MIN_FINITE_FRACTION = 0.9
+
+
+def usable_pixels(image: np.ndarray, min_finite_fraction: float = MIN_FINITE_FRACTION) -> np.ndarray | None:
+    """``image`` ready to measure on, or None when too little of it is finite.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        A crop of an aligned slice.
+    min_finite_fraction : float
+        The share of finite pixels below which the crop holds too little data.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``image`` itself when every pixel is finite (integer dtypes always are); a float32
+        copy with the non-finite pixels set to the median of the finite ones when enough
+        are finite; None otherwise.
+    """
+    bad = nonfinite_count(image)
+    if bad == 0:
+        return image
+    if bad > (1.0 - min_finite_fraction) * image.size:
+        return None
+    return finite_float32(image)
+
+
+def _finite_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels where both ``a`` and ``b`` have data: non-zero (zero is the canvas outside a
+    slice) and finite."""
+    mask = (a != 0) & (b != 0)
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        mask &= np.isfinite(a) & np.isfinite(b)
+    return mask
 
 
 class NeighbourShift:
@@ -100,7 +141,7 @@ class NeighbourShift:
         """(x, y) shift in px from ``previous`` to ``current`` (descriptors); NaN where the
         phase correlation peak is too weak to trust."""
         found = self.coarse.match(previous[0], current[0])
-        if not found.ok:
+        if not found.ok or not np.isfinite(found.shift_xy).all():
             return np.full(2, np.nan)
         refined = self.fine.refine(previous[1], current[1], found.shift_xy) if self.fine else None
         return found.shift_xy if refined is None else refined
@@ -145,9 +186,13 @@ def choose_crops(image: np.ndarray, size: int = 512, count: int = 2, covered: np
     """
     img = np.asarray(image, dtype=np.float32)
     h, w = img.shape
+    inside = _covered(img) if covered is None else np.asarray(covered, dtype=bool)
+    if nonfinite_count(img):
+        finite = np.isfinite(img)
+        inside = inside & finite
+        img = np.where(finite, img, 0.0).astype(np.float32)  # the erosion below keeps crops off the filled pixels
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0)
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1)
-    inside = _covered(img) if covered is None else np.asarray(covered, dtype=bool)
     inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
     integral_e = cv2.integral(cv2.magnitude(gx, gy) * inside)
     integral_c = cv2.integral(inside)
@@ -225,9 +270,10 @@ def common_coverage(stack: Stack, samples: int = 9, margin_fraction: float = 0.0
 
 
 def _covered(image: np.ndarray) -> np.ndarray:
-    """Where a slice has data. The canvas a slice does not cover is zero and touches the canvas
-    edge (a slice's footprint is convex); zero pixels inside the data (dark pixels clipped to
-    0) are data."""
+    """Where a slice's footprint is. The canvas a slice does not cover is zero and touches the
+    canvas edge (a slice's footprint is convex); zero pixels inside the data (dark pixels
+    clipped to 0) are data. NaN/inf pixels are inside the footprint: a hole in the data of
+    a few slices must not move the crops of all the others (its crops read NaN instead)."""
     zeros = (np.asarray(image) == 0).astype(np.uint8)
     if not zeros.any():
         return np.ones(zeros.shape, dtype=bool)
@@ -236,6 +282,24 @@ def _covered(image: np.ndarray) -> np.ndarray:
     outside[np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]]] = True
     outside[0] = False  # label 0: the non-zero pixels
     return ~outside[labels]
+
+
+def reference_slice(stack: Stack, candidates: int = 64) -> np.ndarray:
+    """The slice the crops are placed on: the middle one, or when it holds NaN/inf pixels the
+    nearest to it without any (of the ``candidates`` nearest; else the one with the fewest),
+    so that a hole in the middle slice's data does not decide where every slice is measured."""
+    n = stack.shape[0]
+    middle = stack.read(n // 2)
+    best, fewest = middle, nonfinite_count(middle)
+    order = sorted(range(n), key=lambda z: (abs(z - n // 2), z))[1:candidates]
+    for z in order:
+        if fewest == 0:
+            break
+        img = stack.read(z)
+        bad = nonfinite_count(img)
+        if bad < fewest:
+            best, fewest = img, bad
+    return best
 
 
 def _box(integral: np.ndarray, x: int, y: int, s: int) -> float:
@@ -248,35 +312,51 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
     Slices are read and transformed to the frequency domain on ``workers`` threads (all
     cores by default); BLAS runs one thread each, which the small matrix products of the
     sub-pixel refinement need (more threads only burn CPU on them).
+
+    NaN/inf pixels are no data: the crops are placed on the finite texture of the middle
+    slice; a crop (or the NCC's centre region) with less than ``MIN_FINITE_FRACTION`` finite
+    pixels is not measured, and every figure that compares it with a neighbour is NaN;
+    ``nonfinite_px`` counts them per slice and ``usable_crops`` says which were measured.
     """
     from threadpoolctl import threadpool_limits
 
     n, h, w = stack.shape
     if crops is None:
-        crops = choose_crops(stack.read(n // 2), crop_size, covered=common_coverage(stack))
+        crops = choose_crops(reference_slice(stack), crop_size, covered=common_coverage(stack))
     estimator = NeighbourShift()
     shifts = np.full((len(crops), n, 2), np.nan)
     ncc = np.full(n, np.nan)
+    nonfinite = np.zeros(n, dtype=np.int64)
+    usable = np.ones((len(crops), n), dtype=bool)
     xz = np.zeros((n, w), dtype=np.float32)
     yz = np.zeros((n, h), dtype=np.float32)
     cy0, cy1, cx0, cx1 = h // 4, 3 * h // 4, w // 4, 3 * w // 4
 
-    def read(z: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
-        img = stack.read(z)
-        descs = [estimator.describe(c.take(img)) for c in crops]
-        return img[h // 2].copy(), img[:, w // 2].copy(), descs, img[cy0:cy1:2, cx0:cx1:2].copy()
+    def describe(crop: np.ndarray) -> tuple | None:
+        ready = usable_pixels(crop)
+        return None if ready is None else estimator.describe(ready)
 
-    def compare(z: int, prev: tuple[list, np.ndarray], cur: tuple[list, np.ndarray]) -> None:
+    def read(z: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray | None, int]:
+        img = stack.read(z)
+        descs = [describe(c.take(img)) for c in crops]
+        centre = img[cy0:cy1:2, cx0:cx1:2]
+        centre = None if usable_pixels(centre) is None else centre.copy()  # NaN stays: _finite_mask drops it
+        return img[h // 2].copy(), img[:, w // 2].copy(), descs, centre, nonfinite_count(img)
+
+    def compare(z: int, prev: tuple[list, np.ndarray | None], cur: tuple[list, np.ndarray | None]) -> None:
         for k, (a, b) in enumerate(zip(prev[0], cur[0])):
-            shifts[k, z] = estimator.measure(a, b)
-        ncc[z] = image_ncc(prev[1], cur[1], (prev[1] != 0) & (cur[1] != 0))
+            if a is not None and b is not None:
+                shifts[k, z] = estimator.measure(a, b)
+        if prev[1] is not None and cur[1] is not None:
+            ncc[z] = image_ncc(prev[1], cur[1], _finite_mask(prev[1], cur[1]))
 
     n_workers = default_workers(workers)
     previous = None
     pending: deque = deque()
     with threadpool_limits(1), ThreadPoolExecutor(n_workers) as pool:
-        for z, (row, col, descs, centre) in enumerate(ordered_map(read, range(n), n_workers)):
-            xz[z], yz[z] = row, col
+        for z, (row, col, descs, centre, bad) in enumerate(ordered_map(read, range(n), n_workers)):
+            xz[z], yz[z], nonfinite[z] = row, col, bad
+            usable[:, z] = [d is not None for d in descs]
             if previous is not None:
                 pending.append(pool.submit(compare, z, previous, (descs, centre)))
                 while len(pending) > 2 * n_workers:  # bounded: each holds two slices' spectra
@@ -284,7 +364,7 @@ def sweep(stack: Stack, crops: list[Crop] | None = None, crop_size: int = 512, w
             previous = (descs, centre)
         for fut in pending:
             fut.result()
-    return SliceSweep(crops, shifts, ncc, xz, yz)
+    return SliceSweep(crops, shifts, ncc, xz, yz, nonfinite_px=nonfinite, usable_crops=usable)
 
 
 def summarise_residual(residual_px: np.ndarray, pixel_nm: float | None) -> list[dict]:

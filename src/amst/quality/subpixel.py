@@ -69,10 +69,13 @@ class GradientShift:
         """Displacement (x, y) of content from ``a`` to ``b`` in px, refined from ``start_xy``.
 
         Returns None where the fit is not trustworthy (too little overlap, a singular
-        system, or the fit left the start by more than ``max_step``).
+        system, NaN/inf in the images or the start, or the fit left the start by more than
+        ``max_step``).
         """
         h, w = a.image.shape
         start = np.asarray(start_xy, dtype=float)
+        if not np.isfinite(start).all():
+            return None
         margin = int(np.ceil(np.abs(start).max() + self.max_step)) + 3
         if min(h, w) - 2 * margin < 16:
             return None
@@ -86,7 +89,7 @@ class GradientShift:
                 normal[i, j] = normal[j, i] = np.einsum("ij,ij->", planes[i], planes[j])
             normal[i, 3] = normal[3, i] = planes[i].sum()
         normal[3, 3] = planes[2].size
-        if np.linalg.cond(normal) > 1e12:
+        if not np.isfinite(normal).all() or np.linalg.cond(normal) > 1e12:
             return None
         shift = start.copy()
         # Neighbouring slices differ (NCC ~0.75), so Gauss-Newton converges linearly, each
@@ -98,7 +101,7 @@ class GradientShift:
             rhs = [np.einsum("ij,ij->", p, diff) for p in planes] + [diff.sum()]
             step = np.linalg.solve(normal, rhs)[:2]
             shift -= step
-            if np.abs(shift - start).max() > self.max_step:
+            if not np.isfinite(step).all() or np.abs(shift - start).max() > self.max_step:
                 return None
             if np.abs(step).max() < self.tolerance:
                 break

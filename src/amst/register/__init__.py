@@ -2,7 +2,8 @@
 
 Back-ends share one signature: ``(raw, template, template_mask, initial, params) ->
 RegistrationResult`` with the full output -> raw affine. :func:`check_result` applies the
-per-slice sanity checks that turn a bad registration into a ``fallback``.
+per-slice sanity checks that turn a bad registration into a ``fallback``. A back-end raises
+:class:`RegistrationError` for a failure real data may cause; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..imageops import ncc
 from ..transform import apply_to_points, compose, decompose, invert
-from .base import RegistrationResult
+from .base import RegistrationError, RegistrationResult
 
 BACKENDS = ("elastix", "fast")
 
@@ -28,6 +29,14 @@ def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask:
     of the canvas, as :func:`template_level` chose; ``raw_level`` equal to it, that the raw
     slice is too (:func:`amst.register.fast.level_image`). ``initial`` and the result stay
     full-resolution maps.
+
+    Raises
+    ------
+    RegistrationError
+        When the images allow no registration (no overlap, too few usable pixels, a
+        singular system, elastix stopping with an error): keep the pre-alignment.
+    ValueError
+        For a wrong back-end name or parameter; any other exception is a bug.
     """
     if backend == "elastix":
         from .elastix import register_elastix
@@ -101,4 +110,5 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["register", "template_level", "check_result", "distortion_px", "sampled_ncc", "RegistrationResult", "BACKENDS"]
+__all__ = ["register", "template_level", "check_result", "distortion_px", "sampled_ncc", "RegistrationError",
+           "RegistrationResult", "BACKENDS"]

@@ -19,14 +19,15 @@ measured on 2048^2 synthetic pairs (benchmarks/registration.py) this is 4x faste
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
 from ..transform import as_affine, at_level
-from .base import RegistrationResult
+from .base import RegistrationError, RegistrationResult
 
 
 @dataclass
@@ -114,12 +115,16 @@ def _to3(m: np.ndarray) -> np.ndarray:
 
 
 def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: np.ndarray,
-                 p: FastParams) -> tuple[np.ndarray, int, float]:
-    """Inverse-compositional Gauss-Newton at one level; ``warp`` maps template px -> raw px."""
+                 p: FastParams) -> tuple[np.ndarray, int, float, str]:
+    """Inverse-compositional Gauss-Newton at one level; ``warp`` maps template px -> raw px.
+
+    Returns the warp, the iterations run, the correlation, and why the level stopped short
+    ('' if it did not): the caller decides whether that fails the registration.
+    """
     xs, ys, gx, gy, tv = _samples(template, mask, p)
     n = xs.size
     if n < 12:
-        return warp, 0, float("nan")
+        return warp, 0, float("nan"), f"only {n} usable template pixels (at least 12 needed)"
     h, w = template.shape
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     s = max(w, h) / 2.0
@@ -133,7 +138,7 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
     frame_inv = np.linalg.inv(frame)
     raw_h, raw_w = raw.shape
     w3 = _to3(warp)
-    iterations, corr = 0, float("nan")
+    iterations, corr, problem = 0, float("nan"), ""
     # The samples' bounding box: if its corners land inside the raw slice, all samples do.
     box = np.array([[xs.min(), ys.min(), 1], [xs.max(), ys.min(), 1], [xs.min(), ys.max(), 1],
                     [xs.max(), ys.max(), 1]], float).T
@@ -149,12 +154,14 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         else:
             inside = (qx >= 0) & (qx <= raw_w - 1) & (qy >= 0) & (qy <= raw_h - 1)
             if inside.sum() < 12:
+                problem = f"only {int(inside.sum())} samples fall inside the raw slice (no overlap)"
                 break
             iv, t_in, sd_in = iv[inside], tv64[inside], sd[:, inside]
         # Gain and offset of the raw slice relative to the template (least squares).
         i_c, t_c = iv - iv.mean(), t_in - t_in.mean()
         var_i = float(i_c @ i_c)
-        if var_i <= 0:
+        if not var_i > 0:
+            problem = "the raw slice is flat (or not finite) where the template has texture"
             break
         gain = float(i_c @ t_c) / var_i
         corr = float(i_c @ t_c) / np.sqrt(var_i * float(t_c @ t_c) + 1e-30)
@@ -173,6 +180,10 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         try:
             dp = np.linalg.solve(hess, rhs)
         except np.linalg.LinAlgError:
+            problem = "singular Gauss-Newton system (the samples do not constrain an affine)"
+            break
+        if not np.isfinite(dp).all():
+            problem = "non-finite Gauss-Newton update"
             break
         delta = np.array([[1 + dp[0], dp[2], dp[4]], [dp[1], 1 + dp[3], dp[5]], [0, 0, 1.0]])
         delta_px = frame @ delta @ frame_inv
@@ -180,13 +191,67 @@ def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: 
         moved = np.abs(delta_px @ corners - corners)[:2].max()
         if moved < p.tolerance_px:
             break
-    return w3[:2], iterations, corr
+    return w3[:2], iterations, corr, problem
+
+
+# The allowed range of each numeric field: (test, what the message says).
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "coarsest_side": (lambda v: v >= 2, ">= 2"),
+    "finest_side": (lambda v: v >= 1, ">= 1"),
+    "finest_level": (lambda v: v >= 0, ">= 0 (0 = full resolution)"),
+    "max_iterations": (lambda v: v >= 1, ">= 1"),
+    "tolerance_px": (lambda v: v >= 0, ">= 0"),
+    "cell": (lambda v: v >= 1, ">= 1"),
+    "keep_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "smooth_sigma": (lambda v: v >= 0, ">= 0 (0 = no smoothing)"),
+    "min_samples": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def validate_params(parameters: dict[str, Any], prefix: str = "register.fast") -> None:
+    """Refuse keys that are not :class:`FastParams` fields, values of the wrong type and
+    values out of range.
+
+    Parameters
+    ----------
+    parameters : overrides, as in the config's ``register.fast``
+    prefix : config path named in the messages
+
+    Raises
+    ------
+    ValueError
+        Naming the key and what is allowed.
+    """
+    hints = typing.get_type_hints(FastParams)
+    for key, value in parameters.items():
+        path = f"{prefix}.{key}"
+        if key not in hints:
+            raise ValueError(f"unknown option {path!r}; allowed here: {', '.join(hints)}")
+        types = typing.get_args(hints[key]) or (hints[key],)
+        if value is None and type(None) in types:
+            continue
+        if bool in types:
+            if not isinstance(value, bool):
+                raise ValueError(f"{path}: expected true or false, got {value!r}")
+            continue
+        integer = int in types
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise ValueError(f"{path}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+        test, allowed = _RANGES[key]
+        if not test(value):
+            raise ValueError(f"{path}: {value!r} must be {allowed}")
 
 
 def fast_params(parameters: dict[str, Any] | None = None) -> FastParams:
-    """:class:`FastParams` with the config's overrides (unknown keys are ignored)."""
-    known = set(FastParams.__dataclass_fields__)
-    return FastParams(**{k: v for k, v in (parameters or {}).items() if k in known})
+    """:class:`FastParams` with the config's overrides.
+
+    Raises
+    ------
+    ValueError
+        For a key, type or value :func:`validate_params` refuses.
+    """
+    validate_params(parameters or {})
+    return FastParams(**(parameters or {}))
 
 
 def _levels(shape_yx: tuple[int, int], p: FastParams) -> tuple[int, int]:
@@ -251,6 +316,12 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     -------
     RegistrationResult
         ``metrics`` holds the iterations per level and the final correlation.
+
+    Raises
+    ------
+    RegistrationError
+        When the finest level finds no solution: too few usable template pixels, no overlap
+        with the raw slice, a flat raw slice, a singular or non-finite system.
     """
     p = fast_params(parameters)
     raw = np.ascontiguousarray(raw, dtype=np.float32)
@@ -280,7 +351,12 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     iterations = []
     corr = float("nan")
     for level in range(levels - 1, finest - 1, -1):
-        w_level, its, corr = _align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level], at_level(warp, level), p)
+        w_level, its, corr, problem = _align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level],
+                                                   at_level(warp, level), p)
+        if problem and level == finest:  # a coarse level that stops short leaves the finer ones to try
+            raise RegistrationError(f"fast back-end, pyramid level {level}: {problem}")
         warp = at_level(w_level, -level)
         iterations.append(its)
+    if not np.isfinite(warp).all():
+        raise RegistrationError("fast back-end: the solution is not finite")
     return RegistrationResult(warp, {"backend": "fast", "iterations": iterations, "correlation": corr})

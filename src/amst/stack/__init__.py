@@ -73,8 +73,10 @@ def open_stack(path: str | Path, *, pattern: str | None = None, dataset: str | N
             else:
                 stack = ZarrArrayStack(p, component=dataset)
         else:
+            _refuse_dataset(p, dataset, "a folder of TIFFs")
             stack = TiffFolderStack(p, pattern=pattern, allow_pad=allow_pad, skip_bad=skip_bad)
     elif p.suffix.lower() in (".tif", ".tiff"):
+        _refuse_dataset(p, dataset, "a TIFF file")
         stack = MultiPageTiffStack(p)
     elif p.suffix.lower() in HDF5_SUFFIXES:
         stack = Hdf5Stack(p, dataset=dataset)
@@ -85,6 +87,13 @@ def open_stack(path: str | Path, *, pattern: str | None = None, dataset: str | N
     if voxel_size is not None:
         stack.voxel_size = voxel_size
     return stack
+
+
+def _refuse_dataset(path: Path, dataset: str | None, kind: str) -> None:
+    """A dataset key asked of an input that has none is a mistake, not something to ignore."""
+    if dataset is not None:
+        raise StackError(f"{path}: is {kind}, which holds no datasets; --dataset {dataset!r} applies to "
+                         "HDF5 and Zarr inputs only: leave it out")
 
 
 def create_writer(path: str | Path, fmt: str, shape: tuple[int, int, int], dtype: Any,

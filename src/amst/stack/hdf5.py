@@ -53,6 +53,9 @@ class Hdf5Stack(Stack):
             if dataset not in f:
                 raise StackError(f"{self.path}: no dataset {dataset!r}; it holds {_find_datasets(f)}")
             ds = f[dataset]
+            if not isinstance(ds, h5py.Dataset):
+                raise StackError(f"{self.path}: {dataset!r} is a group, not a dataset; the file holds datasets "
+                                 f"{_find_datasets(f)}; name one as FILE.h5:/dataset")
             shape = ds.shape if ds.ndim == 3 else (1, *ds.shape)
             if len(shape) != 3:
                 raise StackError(f"{self.path}:{dataset}: expected (z, y, x), found shape {ds.shape}")

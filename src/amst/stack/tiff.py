@@ -172,6 +172,11 @@ class TiffFolderStack(Stack):
                 f"{self.path}: slices differ in shape (canvas {canvas[0]}x{canvas[1]}): {listing}"
                 f"{' ...' if len(self.mismatched) > 8 else ''}; pass --allow-pad to pad them to a common canvas"
             )
+        if self.mismatched:
+            listing = ", ".join(f"{n} ({s[0]}x{s[1]})" for n, s in self.mismatched[:8])
+            log.warning("%s: %d slice(s) differ from the canvas %dx%d and are padded with zeros at the bottom/right: "
+                        "%s%s", self.path, len(self.mismatched), canvas[0], canvas[1], listing,
+                        " ..." if len(self.mismatched) > 8 else "")
         self.allow_pad = allow_pad
         self.shape = (len(self.files), canvas[0], canvas[1])
         self.voxel_size = _combine_voxel(first_res)

@@ -28,6 +28,38 @@ def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
     return attrs.get("multiscales")
 
 
+def array_keys(group: zarr.Group) -> list[str]:
+    """Paths of every array in ``group``, nested ones as ``a/b`` (for messages)."""
+    return sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
+
+
+def open_component(path: Path, node: zarr.Group | zarr.Array, component: str) -> zarr.Group | zarr.Array:
+    """``node[component]``, or a :class:`StackError` naming ``path``, the key and the arrays there are.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The Zarr store (for the message).
+    node : zarr.Group or zarr.Array
+        Where to look.
+    component : str
+        The array or group path asked for (``--dataset``).
+
+    Returns
+    -------
+    zarr.Group or zarr.Array
+    """
+    if isinstance(node, zarr.Array):
+        raise StackError(f"{path}: is a single Zarr array of shape {node.shape}, with no array {component!r} "
+                         "inside; open it without --dataset")
+    try:
+        return node[component]
+    except KeyError:
+        keys = array_keys(node)
+        raise StackError(f"{path}: no array {component!r}; it holds {keys if keys else 'no arrays'}; "
+                         "name one with --dataset") from None
+
+
 class ZarrArrayStack(Stack):
     """A plain 3-D Zarr array (no OME metadata); voxel size must come from the user."""
 
@@ -47,12 +79,14 @@ class ZarrArrayStack(Stack):
         if getattr(self, "_handle", None) is None:
             node = zarr.open(str(self.path), mode="r")
             if self.component:
-                node = node[self.component]
+                node = open_component(self.path, node, self.component)
             if isinstance(node, zarr.Group):
                 arrays = list(node.array_keys())
                 if len(arrays) != 1:
+                    where = f"{self.path}/{self.component}" if self.component else str(self.path)
                     raise StackError(
-                        f"{self.path}: a Zarr group with arrays {arrays}; name one as PATH/ARRAY"
+                        f"{where}: a Zarr group with arrays {arrays}; name one with --dataset "
+                        f"(the store holds {array_keys(zarr.open_group(str(self.path), mode='r'))})"
                     )
                 node = node[arrays[0]]
             self._handle = node
@@ -79,9 +113,16 @@ class OmeZarrStack(Stack):
         meta = ms[0]
         axes = [a["name"] if isinstance(a, dict) else a for a in meta.get("axes", ["z", "y", "x"])]
         units = {a["name"]: a.get("unit") for a in meta.get("axes", []) if isinstance(a, dict)}
-        dataset = meta["datasets"][0]
-        self.component = dataset["path"]
-        arr = group[self.component]
+        datasets = meta.get("datasets") or []
+        if not datasets or "path" not in datasets[0]:
+            raise StackError(f"{self.path}: OME 'multiscales' metadata names no dataset path; the store holds "
+                             f"arrays {array_keys(group)}; open one with --dataset")
+        dataset = datasets[0]
+        self.component = str(dataset["path"])
+        arr = open_component(self.path, group, self.component)
+        if not isinstance(arr, zarr.Array):
+            raise StackError(f"{self.path}: OME metadata names {self.component!r}, which is a group, not an array; "
+                             f"the store holds arrays {array_keys(group)}")
         if tuple(axes[-3:]) != _SPATIAL:
             raise StackError(f"{self.path}: axes {axes} do not end in z, y, x; 2-D or re-ordered images are not stacks")
         self.leading: list[int] = []

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..imageops import saturate
+from ..outdir import OwnedEntry, atomic_write_text, claim_output, mark_complete
 from ..stack import StackError, VoxelSize, create_writer
 from ..transform import to_list
 from .acquisition import AcquisitionParams, Curtains, SliceAcquisition, add_noise, simulate_acquisition
@@ -132,7 +133,7 @@ def to_dtype(img: np.ndarray, dtype: str) -> np.ndarray:
     return saturate(out, dtype)
 
 
-_WORKER: _Renderer | None = None
+_WORKER: _Renderer | None = None  # set only inside pool processes, by _init_worker; never read in the caller
 
 
 def _init_worker(cfg: SynthConfig) -> None:
@@ -141,25 +142,33 @@ def _init_worker(cfg: SynthConfig) -> None:
 
 
 def _work(job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
-    z, acq, want_clean = job
     assert _WORKER is not None
-    raw = to_dtype(_WORKER.raw(z, acq), _WORKER.cfg.dtype)
+    return _render(_WORKER, job)
+
+
+def _render(renderer: _Renderer, job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
+    z, acq, want_clean = job
+    raw = to_dtype(renderer.raw(z, acq), renderer.cfg.dtype)
     clean = None
     if want_clean:
-        clean = to_dtype(_WORKER.clean(z, np.array([[1.0, 0, 0], [0, 1.0, 0]])), _WORKER.cfg.dtype)
+        clean = to_dtype(renderer.clean(z, np.array([[1.0, 0, 0], [0, 1.0, 0]])), renderer.cfg.dtype)
     return z, raw, clean
 
 
-def _bounded_map(fn: Callable, jobs: list, workers: int, init: Callable, initargs: tuple) -> Iterator:
-    """Map in a process pool with at most ``2 * workers`` results in flight (bounded memory)."""
+def _rendered(cfg: SynthConfig, jobs: list, workers: int) -> Iterator:
+    """Render ``jobs`` in order, in this process or in a pool with at most ``2 * workers`` results in flight.
+
+    The pool's processes each build the phantom once (their initializer); this process
+    builds its own renderer and never looks at the pool's.
+    """
     if workers <= 1:
-        init(*initargs)
-        yield from map(fn, jobs)
+        renderer = _Renderer(cfg)
+        yield from (_render(renderer, job) for job in jobs)
         return
-    with ProcessPoolExecutor(workers, initializer=init, initargs=initargs) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         pending = []
         for job in jobs:
-            pending.append(pool.submit(fn, job))
+            pending.append(pool.submit(_work, job))
             if len(pending) >= 2 * workers:
                 yield pending.pop(0).result()
         for fut in pending:
@@ -167,7 +176,8 @@ def _bounded_map(fn: Callable, jobs: list, workers: int, init: Callable, initarg
 
 
 def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", write_clean: bool = False,
-               workers: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+               workers: int | None = None, progress: Callable[[int], None] | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
     """Write a synthetic raw stack, ``ground_truth.json`` and optionally the clean volume.
 
     Parameters
@@ -181,6 +191,11 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
         Also write the undistorted, noise-free volume (the ground-truth frame).
     workers : int, optional
         Processes to use; default all cores.
+    progress : callable, optional
+        Called with 1 after each slice.
+    overwrite : bool
+        Replace an earlier synthetic dataset in ``out`` (only the files ``amst synth``
+        wrote there). Any other non-empty ``out`` is refused.
 
     Returns
     -------
@@ -191,29 +206,33 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
         raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     if cfg.dtype not in _DTYPE_RANGE:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(_DTYPE_RANGE)}")
+    if out_format not in ("tiff", "zarr"):
+        raise ValueError(f"unknown out_format {out_format!r}; use tiff or zarr")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     n, h, w = cfg.shape
-    acq = simulate_acquisition(n, (h, w), cfg.acquisition_params(), cfg.seed)
     suffix = ".zarr" if out_format == "zarr" else ""
     names = [f"slice_{z:05d}.tif" for z in range(n)]
+    kind = "zarr" if out_format == "zarr" else "tiff"
+    ownership = claim_output(out, kind="synth", overwrite=overwrite, protected={"the texture image": cfg.texture},
+                             entries=[OwnedEntry(f"raw{suffix}", kind, tuple(names)),
+                                      OwnedEntry(f"clean{suffix}", kind, tuple(names)),
+                                      OwnedEntry("ground_truth.json", "file")])
+    acq = simulate_acquisition(n, (h, w), cfg.acquisition_params(), cfg.seed)
     raw_writer = create_writer(out / f"raw{suffix}", out_format, cfg.shape, cfg.dtype, cfg.voxel_size, names=names)
     clean_writer = None
     if write_clean:
         clean_writer = create_writer(out / f"clean{suffix}", out_format, cfg.shape, cfg.dtype, cfg.voxel_size,
                                      names=names)
     jobs = [(z, acq[z], write_clean) for z in range(n)]
-    for z, raw, clean in _bounded_map(_work, jobs, workers or os.cpu_count() or 1, _init_worker, (cfg,)):
+    for z, raw, clean in _rendered(cfg, jobs, workers or os.cpu_count() or 1):
         raw_writer.write(z, raw)
         if clean_writer is not None:
             clean_writer.write(z, clean)
         if progress:
             progress(1)
-    phantom = _WORKER.phantom if _WORKER is not None else cfg.phantom()
-    doc = ground_truth_document(cfg, acq, names, phantom)
-    tmp = out / ".ground_truth.json.partial"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out / "ground_truth.json")
+    doc = ground_truth_document(cfg, acq, names, cfg.phantom())
+    atomic_write_text(out / "ground_truth.json", json.dumps(doc, indent=1))
+    mark_complete(out, ownership)
     return doc
 
 

@@ -1,0 +1,342 @@
+"""Output folders amst owns: the ownership marker, overlap checks, and safe replacement.
+
+The rule for every command: amst removes or replaces only what it can prove it wrote
+itself. A folder amst writes holds a marker, ``.amst/owner.json``, that names the command
+that made it and the entries (files and sub-folders) it writes there. Replacing an output
+removes only those entries, and only after every file inside them has been checked to be
+one amst writes (slice TIFFs by their recorded names, Zarr chunks and metadata by their
+key grammar, report figures by theirs); anything else stops the replacement before a
+single file is removed, with its name in the message. Files of the user's own beside the
+entries are left where they are. Outputs never overlap inputs or transforms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from . import __version__
+
+STATE_DIR = ".amst"
+MARKER = "owner.json"
+FORMAT = "amst-owned"
+
+# Entry kinds: how amst recognises the files it wrote inside an entry.
+ENTRY_KINDS = ("file", "zarr", "tiff", "report", "state", "owned")
+
+_ZARR_META = {".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"}
+_DIGITS = re.compile(r"^\d+$")
+_REPORT_FILE = re.compile(r"^[\w.-]+\.(png|html|json)$")
+_STATE_FILE = re.compile(r"^\.?[\w.-]+\.json(\.partial)?$")
+_STATE_DIR = re.compile(r"^journal(_pass\d+)?$")
+
+
+class OutputError(ValueError):
+    """An output path that amst must not write to (or replace) as asked."""
+
+
+@dataclass(frozen=True)
+class OwnedEntry:
+    """One thing amst writes in an owned folder.
+
+    ``name`` is one path component inside the folder, or ``"."`` for the folder's own
+    content (an ``amst apply`` stack). ``names`` lists the slice files of a ``tiff`` entry.
+    """
+
+    name: str
+    kind: str
+    names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        d: dict = {"name": self.name, "kind": self.kind}
+        if self.names:
+            d["names"] = list(self.names)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "OwnedEntry":
+        return cls(str(d["name"]), str(d["kind"]), tuple(d.get("names", ())))
+
+
+@dataclass
+class Ownership:
+    """What ``.amst/owner.json`` says: which command wrote the folder, and what."""
+
+    kind: str
+    entries: list[OwnedEntry] = field(default_factory=list)
+    complete: bool = False
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "kind": self.kind, "amst_version": __version__, "complete": self.complete,
+                "entries": [e.to_json() for e in self.entries]}
+
+
+# Folders of runs made before the marker existed: their ``.amst/state.json`` proves them.
+_LEGACY_RUN_ENTRIES = [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"),
+                       OwnedEntry("config.yaml", "file"), OwnedEntry("transforms.json", "file"),
+                       OwnedEntry("aligned.zarr", "zarr"), OwnedEntry("report", "report")]
+
+
+def marker_path(folder: Path) -> Path:
+    return Path(folder) / STATE_DIR / MARKER
+
+
+def read_ownership(folder: str | Path) -> Ownership | None:
+    """The folder's marker, or None when amst cannot prove it wrote the folder."""
+    folder = Path(folder)
+    path = marker_path(folder)
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != FORMAT:
+                return None
+            return Ownership(str(doc["kind"]), [OwnedEntry.from_json(e) for e in doc.get("entries", [])],
+                             bool(doc.get("complete", False)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if (folder / STATE_DIR / "state.json").is_file():
+        return Ownership("run", list(_LEGACY_RUN_ENTRIES), (folder / "transforms.json").is_file())
+    return None
+
+
+def write_ownership(folder: str | Path, ownership: Ownership) -> None:
+    """Write the marker atomically (the folder's ``.amst`` is created if needed)."""
+    path = marker_path(Path(folder))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(ownership.to_json()))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a resumed run) sees either the old file or the complete new one, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def refuse_overlap(out: str | Path, protected: Mapping[str, str | Path | None]) -> None:
+    """Refuse an output that is, lies inside, or contains any ``protected`` path.
+
+    ``protected`` maps a description ("the input", "the transforms") to a path; symbolic
+    links are resolved, so a link to the input is the input.
+    """
+    out_r = Path(out).resolve()
+    for what, p in protected.items():
+        if p is None:
+            continue
+        p_r = Path(p).resolve()
+        if out_r == p_r:
+            raise OutputError(f"the output {out} is {what} ({p}); choose another output path")
+        if p_r in out_r.parents:
+            raise OutputError(f"the output {out} lies inside {what} ({p}); choose an output outside it")
+        if out_r in p_r.parents:
+            raise OutputError(f"{what} ({p}) lies inside the output {out}; choose another output path")
+
+
+def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
+    """Files inside ``entry`` that amst does not write there (empty: safe to remove)."""
+    root = folder if entry.name == "." else folder / entry.name
+    if not root.exists() and not root.is_symlink():
+        return []
+    if root.is_symlink():
+        return [root]
+    if entry.kind == "file":
+        return [] if root.is_file() else [root]
+    if not root.is_dir():
+        return [root]
+    if entry.kind == "owned":
+        inner = read_ownership(root)
+        if inner is None:
+            return [root]
+        return [p for e in inner.entries for p in _unknown_in_entry(root, e)]
+    unknown: list[Path] = []
+    names = set(entry.names)
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel = here.relative_to(root)
+        top = rel == Path(".")
+        if entry.name == "." and top and STATE_DIR in dirnames:
+            dirnames.remove(STATE_DIR)  # the marker itself, removed last
+        for d in list(dirnames):
+            p = here / d
+            if p.is_symlink() or not _dir_allowed(entry.kind, d, top):
+                unknown.append(p)
+                dirnames.remove(d)
+        for f in filenames:
+            p = here / f
+            if p.is_symlink() or not _file_allowed(entry.kind, f, top, names):
+                unknown.append(p)
+    return unknown
+
+
+def _dir_allowed(kind: str, name: str, top: bool) -> bool:
+    if kind == "zarr":
+        return bool(_DIGITS.match(name)) or name == "c"
+    if kind == "state":
+        return top and bool(_STATE_DIR.match(name))
+    return False
+
+
+def _file_allowed(kind: str, name: str, top: bool, names: set[str]) -> bool:
+    if kind == "zarr":
+        return name in _ZARR_META or bool(_DIGITS.match(name))
+    if kind == "tiff":
+        return top and (name in names or (name.startswith(".") and name.endswith(".partial")
+                                          and name[1:-len(".partial")] in names))
+    if kind == "report":
+        return top and bool(_REPORT_FILE.match(name))
+    if kind == "state":
+        return bool(_STATE_FILE.match(name))
+    return False
+
+
+def _describe(paths: list[Path], folder: Path) -> str:
+    shown = ", ".join(str(p.relative_to(folder)) if folder in p.parents else str(p) for p in paths[:5])
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return shown + more
+
+
+def remove_owned(folder: str | Path, ownership: Ownership) -> list[Path]:
+    """Remove the entries amst wrote in ``folder``, after proving every file in them is amst's.
+
+    Returns the paths of the user's own files left in place beside the entries.
+
+    Raises
+    ------
+    OutputError
+        Naming the files inside an entry that amst did not write; nothing is removed then.
+    """
+    folder = Path(folder)
+    unknown = [p for e in ownership.entries for p in _unknown_in_entry(folder, e)]
+    if unknown:
+        raise OutputError(
+            f"{folder} holds an earlier amst {ownership.kind} output, but also files amst did not write inside it: "
+            f"{_describe(unknown, folder)}. amst removes only what it wrote itself: move those files away "
+            "(or choose another output path) and run again")
+    for e in ownership.entries:
+        if e.name == ".":
+            _remove_own_content(folder, e)
+            continue
+        root = folder / e.name
+        if e.kind == "owned" and root.is_dir():
+            inner = read_ownership(root)
+            if inner is not None:
+                remove_owned(root, inner)
+                _remove_marker(root)
+                _rmdir_if_empty(root)
+            continue
+        if root.is_dir():
+            if e.kind == "state":
+                continue  # removed last: it holds the marker
+            shutil.rmtree(root)
+        elif root.exists():
+            root.unlink()
+    _remove_marker(folder)
+    return [p for p in sorted(folder.iterdir())] if folder.is_dir() else []
+
+
+def _remove_own_content(folder: Path, entry: OwnedEntry) -> None:
+    for child in folder.iterdir():
+        if child.name == STATE_DIR:
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _remove_marker(folder: Path) -> None:
+    state = folder / STATE_DIR
+    if state.is_dir():
+        if _unknown_in_entry(folder, OwnedEntry(STATE_DIR, "state")):
+            return
+        shutil.rmtree(state)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _listing(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], overwrite: bool,
+                 protected: Mapping[str, str | Path | None] | None = None,
+                 replace_own: bool = False) -> Ownership:
+    """Make ``out`` an empty amst-owned output folder of ``kind``, or refuse.
+
+    Parameters
+    ----------
+    out : path
+        The output folder (created when missing).
+    kind : str
+        The command writing it (``run``, ``apply``, ``synth``, ``demo``, ``prealign``).
+    entries : iterable of OwnedEntry
+        What the command writes there; recorded in the marker before anything is written.
+    overwrite : bool
+        Replace an earlier output of the same ``kind`` (only its own entries).
+    protected : mapping, optional
+        Paths the output must not overlap (see :func:`refuse_overlap`).
+    replace_own : bool
+        Replace an earlier output of the same kind even without ``overwrite`` (the demo).
+
+    Returns
+    -------
+    Ownership
+        The marker now written in ``out`` (``complete`` False).
+
+    Raises
+    ------
+    OutputError
+        When ``out`` overlaps a protected path, is a file, holds files amst did not write,
+        holds another command's output, or holds an earlier output and ``overwrite`` is False.
+    """
+    out = Path(out)
+    refuse_overlap(out, protected or {})
+    entries = list(entries)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"the output {out} is a file, not a folder; choose another output path")
+    if out.is_dir() and any(out.iterdir()):
+        found = read_ownership(out)
+        if found is None:
+            listing = _listing(out)
+            raise OutputError(
+                f"{out} already holds {len(listing)} file(s) or folder(s) that amst did not write "
+                f"({_describe(listing, out)}); amst never removes files it did not write: choose a new or empty "
+                "output folder")
+        if found.kind != kind:
+            raise OutputError(f"{out} holds the output of 'amst {found.kind}', not of 'amst {kind}'; "
+                              "choose another output path")
+        if not (overwrite or replace_own):
+            state = "a complete" if found.complete else "an incomplete (interrupted?)"
+            raise OutputError(f"{out} holds {state} earlier 'amst {kind}' output; pass --overwrite to replace it "
+                              "(only the files amst wrote there are removed), or choose another output path")
+        remove_owned(out, found)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out} is not writable; choose another output path")
+    ownership = Ownership(kind, entries, complete=False)
+    write_ownership(out, ownership)
+    return ownership
+
+
+def mark_complete(out: str | Path, ownership: Ownership) -> None:
+    """Record in the marker that the command finished writing ``out``."""
+    ownership.complete = True
+    write_ownership(out, ownership)
+
+
+__all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "read_ownership",
+           "refuse_overlap", "remove_owned", "write_ownership", "atomic_write_text", "STATE_DIR"]

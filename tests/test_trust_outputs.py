@@ -1,0 +1,367 @@
+"""Issue 14: amst never removes what it did not write, and never reports success over a wrong result.
+
+Each data-loss test proves that the user's file (or the input) survives and that the
+message names what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+import amst
+from amst.cli import main
+from amst.outdir import OutputError, OwnedEntry, claim_output, read_ownership
+from amst.quality.ground_truth import slice_errors
+from amst.stack import open_stack
+from amst.synth import SynthConfig, load_ground_truth, synthesize
+
+AMST = [sys.executable, "-m", "amst"]
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trust") / "c"
+    synthesize(out, SynthConfig(shape=(16, 160, 160), seed=4), workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trust_run") / "r"
+    amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False)
+    return out
+
+
+# -- 1, 4: apply ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["parent", "input", "transforms", "run"])
+def test_apply_never_writes_over_its_input_or_transforms(dataset, run_dir, tmp_path, target):
+    c = tmp_path / "c"
+    shutil.copytree(dataset, c)
+    r = tmp_path / "r"
+    shutil.copytree(run_dir, r)
+    before_c, before_r = _tree(c), _tree(r)
+    out = {"parent": c, "input": c / "raw", "transforms": r / "transforms.json", "run": r}[target]
+    res = _cli("apply", r / "transforms.json", c / "raw", out, "--overwrite")
+    assert res.exit_code == 2, res.output
+    assert {"parent": "the input", "input": "the input", "transforms": "the transforms",
+            "run": "the transforms"}[target] in res.output
+    assert _tree(c) == before_c and _tree(r) == before_r  # raw slices, ground_truth.json, transforms: all kept
+
+
+def test_apply_overwrite_keeps_unrelated_files_and_replaces_its_own(dataset, run_dir, tmp_path):
+    out = tmp_path / "ch2"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    res = _cli("apply", run_dir / "transforms.json", dataset / "raw", out, "--overwrite")
+    assert res.exit_code == 2 and "notes.txt" in res.output and "did not write" in res.output
+    assert (out / "notes.txt").read_text() == "mine"
+
+    own = tmp_path / "ch2.zarr"
+    assert _cli("apply", run_dir / "transforms.json", dataset / "raw", own).exit_code == 0
+    first = open_stack(own).read(3)
+    assert read_ownership(own).complete
+    refused = _cli("apply", run_dir / "transforms.json", dataset / "raw", own)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    again = _cli("apply", run_dir / "transforms.json", dataset / "raw", own, "--overwrite", "--order", "nearest")
+    assert again.exit_code == 0, again.output
+    assert open_stack(own).shape[0] == 16 and not np.array_equal(open_stack(own).read(3), first)
+
+
+def test_apply_refuses_a_stack_of_another_slice_size(dataset, run_dir, tmp_path):
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    for p in sorted((dataset / "raw").iterdir()):
+        tifffile.imwrite(thin / p.name, tifffile.imread(p)[:, :32])
+    res = _cli("apply", run_dir / "transforms.json", thin, tmp_path / "o")
+    assert res.exit_code == 2 and "160 x 32" in res.output and "160 x 160" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+# -- 2: run --overwrite -------------------------------------------------------------------------
+
+def test_run_overwrite_refuses_a_folder_of_user_files(dataset, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.docx").write_text("years of work")
+    res = _cli("run", dataset / "raw", out, "--overwrite", "--backend", "fast", "--quiet", "--no-report")
+    assert res.exit_code == 2 and "thesis.docx" in res.output and "did not write" in res.output
+    assert (out / "thesis.docx").read_text() == "years of work"
+
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    res = _cli("run", dataset / "raw", link, "--overwrite", "--backend", "fast", "--quiet", "--no-report")
+    assert res.exit_code == 2 and "thesis.docx" in res.output
+    assert (out / "thesis.docx").read_text() == "years of work"
+
+
+def test_run_overwrite_keeps_user_files_in_a_previous_run_folder(dataset, run_dir, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out, symlinks=True)
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "report").mkdir(exist_ok=True)
+    (out / "report" / "figure_for_paper.svg").write_text("<svg/>")
+    res = _cli("run", dataset / "raw", out, "--overwrite", "--backend", "fast", "--quiet", "--no-report",
+               "--median-radius", "3", "--workers", "1")
+    assert res.exit_code == 2 and "figure_for_paper.svg" in res.output
+    assert (out / "transforms.json").exists()  # nothing removed before the refusal
+    (out / "report" / "figure_for_paper.svg").rename(tmp_path / "figure_for_paper.svg")
+    res = _cli("run", dataset / "raw", out, "--overwrite", "--backend", "fast", "--quiet", "--no-report",
+               "--median-radius", "3", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert "median_radius: 3" in (out / "config.yaml").read_text()
+
+
+def test_run_names_what_differs_and_refuses_without_overwrite(dataset, run_dir, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    before = _tree(out)
+    res = _cli("run", dataset / "raw", out, "--backend", "fast", "--quiet", "--no-report", "--median-radius", "4")
+    assert res.exit_code == 2 and "template.median_radius (7 -> 4)" in res.output
+    assert _tree(out) == before
+
+
+# -- 3: demo -------------------------------------------------------------------------------------
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("amst-demo").mkdir()
+    Path("amst-demo/data.h5").write_text("precious")
+    res = _cli("demo", "--backend", "fast")
+    assert res.exit_code == 2 and "data.h5" in res.output
+    assert Path("amst-demo/data.h5").read_text() == "precious"
+
+
+def test_demo_folder_is_replaced_only_through_its_own_entries(tmp_path):
+    out = tmp_path / "demo"
+    entries = [OwnedEntry("data", "owned"), OwnedEntry("amst", "owned")]
+    claim_output(out, kind="demo", entries=entries, overwrite=False, replace_own=True)
+    synthesize(out / "data", SynthConfig(shape=(3, 64, 64), seed=1), workers=1)
+    (out / "keep.txt").write_text("mine")
+    claim_output(out, kind="demo", entries=entries, overwrite=False, replace_own=True)
+    assert not (out / "data").exists() and (out / "keep.txt").read_text() == "mine"
+    synthesize(out / "data", SynthConfig(shape=(3, 64, 64), seed=1), workers=1)
+    (out / "data" / "raw" / "extra.tif").write_text("not amst's")
+    with pytest.raises(OutputError, match="extra.tif"):
+        claim_output(out, kind="demo", entries=entries, overwrite=False, replace_own=True)
+    assert (out / "data" / "ground_truth.json").exists()
+
+
+# -- 5, 11: synth ---------------------------------------------------------------------------------
+
+def test_synth_into_an_existing_dataset(tmp_path):
+    out = tmp_path / "s"
+    synthesize(out, SynthConfig(shape=(15, 64, 64), seed=1), workers=1)
+    with pytest.raises(OutputError, match="overwrite"):
+        synthesize(out, SynthConfig(shape=(5, 64, 64), seed=1), workers=1)
+    synthesize(out, SynthConfig(shape=(5, 64, 64), seed=1), workers=1, overwrite=True)
+    assert len(list((out / "raw").iterdir())) == 5 and len(open_stack(out / "raw")) == 5
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "scan.tif").write_text("x")
+    with pytest.raises(OutputError, match="scan.tif"):
+        synthesize(user, SynthConfig(shape=(5, 64, 64), seed=1), workers=1, overwrite=True)
+
+
+def test_synth_ground_truth_follows_each_call_not_a_cached_phantom(tmp_path):
+    a = synthesize(tmp_path / "a", SynthConfig(shape=(4, 96, 96), seed=1), workers=1)
+    b = synthesize(tmp_path / "b", SynthConfig(shape=(4, 96, 96), seed=2, marks=False), workers=2)
+    assert a["phantom"]["marks"] and not b["phantom"]["marks"] and b["marks_roi_xywh"] is None
+    fresh = synthesize(tmp_path / "c", SynthConfig(shape=(4, 96, 96), seed=2, marks=False), workers=2)
+    assert fresh == b
+
+
+# -- 6: resume checks the data -----------------------------------------------------------------------
+
+def test_resume_recomputes_slices_missing_from_the_output(dataset, run_dir, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    reference = open_stack(run_dir / "aligned.zarr")
+    shutil.rmtree(out / "aligned.zarr")
+    res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False)
+    assert res.recomputed == 16
+    got = open_stack(out / "aligned.zarr")
+    for z in range(16):
+        np.testing.assert_array_equal(got.read(z), reference.read(z))
+    chunk = out / "aligned.zarr" / "0" / "7" / "0" / "0"
+    assert chunk.is_file()
+    chunk.unlink()
+    res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False)
+    assert res.recomputed == 1
+    np.testing.assert_array_equal(open_stack(out / "aligned.zarr").read(7), reference.read(7))
+
+
+def test_resume_with_a_changed_prealigned_stack_is_not_a_resume(dataset, tmp_path):
+    pre = tmp_path / "pre"
+    shutil.copytree(dataset / "raw", pre)
+    out = tmp_path / "o"
+    amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, prealigned=str(pre), passes=1)
+    img = tifffile.imread(pre / "slice_00003.tif")
+    tifffile.imwrite(pre / "slice_00003.tif", np.roll(img, 2, axis=1))
+    with pytest.raises(OutputError, match="prealigned files"):
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, prealigned=str(pre), passes=1)
+
+
+def test_prealigned_slices_that_fail_to_match_are_interpolated(dataset, tmp_path):
+    pre = tmp_path / "pre"
+    shutil.copytree(dataset / "raw", pre)
+    names = sorted(p.name for p in pre.iterdir())
+    rng = np.random.default_rng(0)
+    shape = tifffile.imread(pre / names[5]).shape
+    tifffile.imwrite(pre / names[5], rng.integers(0, 255, shape, dtype=np.uint8))  # matches nothing
+    res = amst.align(dataset / "raw", tmp_path / "o", backend="fast", workers=1, progress=False,
+                     prealigned=str(pre), passes=1)
+    pre5 = res.transforms.slices[5].prealign
+    neighbours = (res.transforms.slices[4].prealign + res.transforms.slices[6].prealign) / 2
+    assert np.abs(pre5[:, 2] - neighbours[:, 2]).max() < 0.5
+
+
+# -- 9: back-end errors and fallbacks ------------------------------------------------------------------
+
+def test_a_backend_bug_stops_the_run_with_a_clear_message(dataset, tmp_path, monkeypatch):
+    import amst.register.fast as fast
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(fast, "register_fast", broken)
+    res = _cli("run", dataset / "raw", tmp_path / "o", "--backend", "fast", "--quiet", "--no-report", "--workers", "1")
+    assert res.exit_code != 0
+    assert "TypeError" in res.output and "slice 0" in res.output and "bug" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o" / "transforms.json").exists()
+
+
+def test_an_invalid_backend_parameter_is_refused_before_the_run(dataset, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("register: {backend: fast, fast: {max_iterations: many}}\n")
+    res = _cli("run", dataset / "raw", tmp_path / "o", "--config", cfg, "--quiet", "--no-report")
+    assert res.exit_code != 0 and "max_iterations" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_many_fallbacks_stop_the_run_unless_accepted(dataset, tmp_path, monkeypatch):
+    import amst.register.fast as fast
+    from amst.register import RegistrationError
+
+    real = fast.register_fast
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise RegistrationError("did not converge")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "register_fast", flaky)
+    with pytest.raises(amst.pipeline.RunError, match="did not converge.*max_fallback_fraction"):
+        amst.align(dataset / "raw", tmp_path / "o", backend="fast", workers=1, progress=False)
+    assert not (tmp_path / "o" / "transforms.json").exists()
+    cfg = {"register": {"backend": "fast", "max_fallback_fraction": 1.0}}
+    res = amst.align(dataset / "raw", tmp_path / "o2", cfg, workers=1, progress=False)
+    assert 0.3 < res.statuses.count("fallback") / 16 < 0.7
+
+
+# -- 12: NaN pixels --------------------------------------------------------------------------------
+
+def test_partly_nan_slice_is_flagged_and_mostly_nan_slice_falls_back(dataset, tmp_path):
+    raw = tmp_path / "f32"
+    raw.mkdir()
+    for z, p in enumerate(sorted((dataset / "raw").iterdir())):
+        img = tifffile.imread(p).astype(np.float32) / 255
+        if z == 4:
+            img[20:40, 20:40] = np.nan
+        if z == 9:
+            img[:120] = np.nan
+        tifffile.imwrite(raw / p.name, img)
+    res = amst.align(raw, tmp_path / "o", backend="fast", workers=1, progress=False)
+    s4, s9 = res.transforms.slices[4], res.transforms.slices[9]
+    assert s4.metrics["nonfinite_pixels"] == 400 and "NaN" in s4.metrics["check"]
+    assert s9.status == "fallback" and "NaN" in s9.metrics["reason"]
+    assert "slice(s) to inspect" in (tmp_path / "o" / "amst.log").read_text()
+
+
+# -- 13: validate before OUT is touched ---------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["--roi", "10 10 0 5", "--roi-units", "px"], ["--min-score", "2"],
+                                  ["--roi-slice", "99"], ["--prealign", "features", "--gaps", "50"],
+                                  ["--pyramid-levels", "12"], ["--scheduler", "tcp://127.0.0.1:9"]])
+def test_bad_options_leave_no_output_behind(dataset, tmp_path, args):
+    out = tmp_path / "o"
+    res = _cli("run", dataset / "raw", out, "--backend", "fast", "--quiet", "--no-report", *args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "nan" not in res.output.lower().replace("nanometer", "")
+    assert not out.exists()
+
+
+# -- 14: worker processes die with the main process -----------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(v) for v in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigkill_of_the_main_process_takes_its_workers_down(dataset, tmp_path):
+    proc = subprocess.Popen([*AMST, "run", str(dataset / "raw"), str(tmp_path / "o"), "--backend", "fast", "--quiet",
+                             "--no-report", "--workers", "2", "--block-size", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+        workers = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) >= 2, "the run did not start its worker processes"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
+# -- the elastix back-end end to end ----------------------------------------------------------------------
+
+def test_elastix_backend_end_to_end_through_align(tmp_path):
+    data = tmp_path / "d"
+    synthesize(data, SynthConfig(shape=(14, 192, 192), seed=8), workers=1)
+    gt = load_ground_truth(data / "ground_truth.json")
+    res = amst.align(data / "raw", tmp_path / "o", {"register": {"backend": "elastix", "passes": 1}}, workers=2,
+                     progress=False)
+    assert res.statuses.count("ok") >= 12
+    tf = res.transforms
+    e_pre = slice_errors(np.array([s.prealign for s in tf.slices]), gt["maps"], tf.canvas_shape_yx, (192, 192))["rms"]
+    e_amst = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, (192, 192))["rms"]
+    af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
+    assert af.any()
+    assert e_amst[af].mean() < 0.7 * e_pre[af].mean()
+    assert np.median(e_amst) < 0.5
+    assert open_stack(res.output_stack).shape == (14, *tf.canvas_shape_yx)
