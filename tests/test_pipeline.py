@@ -85,7 +85,7 @@ def test_rerun_same_config_resumes_and_other_config_is_refused(run, data):
     again = amst.align(data / "raw", run.out, prealign="tm", backend="fast", workers=2, out_format="tiff",
                        progress=False)
     assert again.recomputed == 0
-    with pytest.raises(ValueError, match="different parameters"):
+    with pytest.raises(ValueError, match=r"different template.median_radius \(7 -> 3\)"):
         amst.align(data / "raw", run.out, prealign="tm", backend="fast", median_radius=3, out_format="tiff",
                    progress=False)
 
@@ -120,7 +120,7 @@ def test_out_inside_input_and_foreign_out_are_refused(data, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="holds other files"):
+    with pytest.raises(ValueError, match="precious.txt.*did not write"):
         amst.align(data / "raw", other, backend="fast", progress=False)
     assert (other / "precious.txt").read_text() == "keep me"
 

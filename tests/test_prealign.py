@@ -67,7 +67,7 @@ def test_tm_tracks_marks_on_synthetic_stack(small_synth):
 def test_tm_roi_outside_or_featureless_is_a_clear_error(small_synth):
     stack = open_stack(small_synth / "raw")
     with pytest.raises(ValueError, match="not inside slice"):
-        prealign(stack, PrealignConfig(method="tm", roi=(300, 10, 100, 40)))
+        prealign(stack, PrealignConfig(method="tm", roi=(300, 10, 100, 40), roi_units="px"))
     blank = stack  # a flat region: the resin is bright and smooth after blur? use a forced flat ROI instead
     from amst.prealign.template_matching import track_template
 

@@ -137,6 +137,8 @@ def test_name_flag_maps_config_keys_to_typed_flags():
         "--min-score (prealign.min_score): 2.0 must be between -1 and 1"
     assert name_flag("min_score: 2.0 must be between -1 and 1", typed) == \
         "--min-score (prealign.min_score): 2.0 must be between -1 and 1"
+    assert name_flag("min_score (--min-score): 2.0 must be in (-1, 1]", typed) == \
+        "--min-score (prealign.min_score): 2.0 must be in (-1, 1]"
     assert name_flag("gaps: [0] must be positive integers", typed).startswith("--gaps (prealign.gaps): [0]")
     # From a config file (not typed) the key stays; a message that is not a key stays.
     assert name_flag("template.median_radius: -1 must be >= 0", typed) == "template.median_radius: -1 must be >= 0"

@@ -220,3 +220,12 @@ def test_elastix_ignores_a_template_no_data_border_without_a_mask(pair):
     template[:, :100] = np.nan
     res = register("elastix", raw, template, None, translation(3, -2))
     assert _rms(res.affine, true) < 0.15
+
+
+def test_elastix_ignores_nan_areas_of_the_raw_slice(pair):
+    # A raw slice with a NaN region (no data): it is masked, not handed to elastix as pixels.
+    raw, template, true = pair
+    raw = raw.copy()
+    raw[40:140, 60:160] = np.nan
+    res = register("elastix", raw, template, None, translation(3, -2))
+    assert _rms(res.affine, true) < 0.15

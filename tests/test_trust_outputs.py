@@ -219,7 +219,7 @@ def test_resume_with_a_changed_prealigned_stack_is_not_a_resume(dataset, tmp_pat
     amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, prealigned=str(pre), passes=1)
     img = tifffile.imread(pre / "slice_00003.tif")
     tifffile.imwrite(pre / "slice_00003.tif", np.roll(img, 2, axis=1))
-    with pytest.raises(OutputError, match="prealigned files"):
+    with pytest.raises(OutputError, match="prealigned files: input files changed"):
         amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, prealigned=str(pre), passes=1)
 
 
@@ -352,16 +352,17 @@ def test_sigkill_of_the_main_process_takes_its_workers_down(dataset, tmp_path):
 
 def test_elastix_backend_end_to_end_through_align(tmp_path):
     data = tmp_path / "d"
-    synthesize(data, SynthConfig(shape=(14, 192, 192), seed=8), workers=1)
+    synthesize(data, SynthConfig(shape=(26, 160, 256), seed=11), workers=1)  # auto-focus at slices 20, 21
     gt = load_ground_truth(data / "ground_truth.json")
     res = amst.align(data / "raw", tmp_path / "o", {"register": {"backend": "elastix", "passes": 1}}, workers=2,
                      progress=False)
-    assert res.statuses.count("ok") >= 12
+    assert res.statuses.count("ok") >= 24
     tf = res.transforms
-    e_pre = slice_errors(np.array([s.prealign for s in tf.slices]), gt["maps"], tf.canvas_shape_yx, (192, 192))["rms"]
-    e_amst = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, (192, 192))["rms"]
+    e_pre = slice_errors(np.array([s.prealign for s in tf.slices]), gt["maps"], tf.canvas_shape_yx, (160, 256))["rms"]
+    e_amst = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, (160, 256))["rms"]
     af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
     assert af.any()
     assert e_amst[af].mean() < 0.7 * e_pre[af].mean()
     assert np.median(e_amst) < 0.5
-    assert open_stack(res.output_stack).shape == (14, *tf.canvas_shape_yx)
+    print("elastix: AF error TM", e_pre[af].round(3), "AMST", e_amst[af].round(3), "median", np.median(e_amst))
+    assert open_stack(res.output_stack).shape == (26, *tf.canvas_shape_yx)

@@ -31,7 +31,8 @@ _INTERRUPT_HINTS = {"run": "; re-run the same command to resume",
                     "prealign": "; OUT is incomplete: re-run with --overwrite to replace it",
                     "synth": "; OUT is incomplete: re-run with --overwrite to replace it"}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
+# A message that starts with a config key, optionally followed by its flag: "min_score (--min-score): ".
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*)(?: \(--[\w-]+\))?: ")
 
 
 # -- options taking several numbers -----------------------------------------------------------
@@ -164,9 +165,10 @@ def _flat_for_key(key: str) -> str | None:
 def name_flag(message: str, typed: Mapping[str, str]) -> str:
     """A validation message that starts with a config key, led by the flag the user typed.
 
-    ``"prealign.min_score: 2.0 must be ..."`` becomes ``"--min-score (prealign.min_score):
-    2.0 must be ..."`` when ``--min-score`` was typed; a key that came from a config file
-    (not in ``typed``) is left as it is.
+    ``"prealign.min_score: 2.0 must be ..."`` (or ``"min_score: ..."``, or ``"min_score
+    (--min-score): ..."``) becomes ``"--min-score (prealign.min_score): 2.0 must be ..."``
+    when ``--min-score`` was typed; a key that came from a config file (not in ``typed``)
+    is left as it is.
 
     Parameters
     ----------

@@ -163,7 +163,8 @@ def validate_for_canvas(cfg: RunConfig, canvas_shape_yx: tuple[int, int]) -> Non
     short = min(int(v) for v in canvas_shape_yx)
     allowed = max_pyramid_levels(canvas_shape_yx)
     if levels > allowed:
-        raise ValueError(f"output.pyramid_levels: {levels} levels of a {canvas_shape_yx[0]}x{canvas_shape_yx[1]} canvas "
+        h, w = canvas_shape_yx
+        raise ValueError(f"output.pyramid_levels: {levels} levels of a {h}x{w} canvas "
                          f"make the coarsest level {short >> (levels - 1)} px on its short side (fewer than "
                          f"{MIN_PYRAMID_SIDE}); use at most {allowed}")
 
@@ -188,7 +189,9 @@ FLAT_OPTIONS: dict[str, str] = {
     "min_score": "prealign.min_score", "gaps": "prealign.gaps", "canvas": "prealign.canvas",
     "xcorr_prefilter": "prealign.xcorr_prefilter", "max_features": "prealign.max_features",
     "prealigned": "prealigned", "median_radius": "template.median_radius",
-    "backend": "register.backend", "passes": "register.passes", "order": "warp.order", "out_format": "output.out_format",
+    "backend": "register.backend", "passes": "register.passes",
+    "max_fallback_fraction": "register.max_fallback_fraction",
+    "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",
 }

@@ -126,10 +126,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += _differences(a, b, "" if (prefix, key) == ("", "config") else f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key} ({a!r} -> {b!r})" if not key.endswith("_files") else
-                       f"{prefix}{key[:-6]} files (names, sizes or times changed)")
+                       f"{prefix}{key[:-6]} files: input files changed since (names, sizes or times)")
     return out
 
 

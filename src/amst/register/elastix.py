@@ -102,7 +102,8 @@ def validate_parameters(parameters: dict[str, Any], prefix: str = "register.elas
     for key, value in parameters.items():
         path = f"{prefix}.{key}"
         if key not in ALLOWED_PARAMETERS:
-            raise ValueError(f"unknown option {path!r}; allowed elastix parameters: {', '.join(sorted(ALLOWED_PARAMETERS))}")
+            raise ValueError(f"unknown option {path!r}; allowed elastix parameters: "
+                             f"{', '.join(sorted(ALLOWED_PARAMETERS))}")
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if not values or any(isinstance(v, (list, tuple, dict)) or v is None for v in values) or \
                 not all(isinstance(v, (str, int, float)) for v in values):
@@ -192,7 +193,7 @@ def register_elastix(raw: np.ndarray, template: np.ndarray, template_mask: np.nd
 
     Parameters
     ----------
-    raw : 2-D array, the moving image
+    raw : 2-D array, the moving image (NaN where it has no data)
     template : 2-D array on the output canvas, the fixed image (NaN where it has no data)
     template_mask : bool array, template pixels to use (covered canvas), or None for the
         finite ones
@@ -226,7 +227,9 @@ def register_elastix(raw: np.ndarray, template: np.ndarray, template_mask: np.nd
         # samples outside it).
         start = translation(0.0, 0.0)
         t = init[:, 2]
-        moving = itk.image_view_from_array(np.ascontiguousarray(raw, dtype=np.float32))
+        raw = np.asarray(raw, dtype=np.float32)
+        raw_image, moving_mask = _valid_filled(raw, np.isfinite(raw))
+        moving = itk.image_view_from_array(raw_image)
         moving.SetOrigin((float(-t[0]), float(-t[1])))
     else:
         # A general affine start (second pass): resample the raw slice onto the canvas once
@@ -243,6 +246,7 @@ def register_elastix(raw: np.ndarray, template: np.ndarray, template_mask: np.nd
         kwargs["fixed_mask"] = itk.image_view_from_array(fixed_mask)
     if moving_mask is not None:
         kwargs["moving_mask"] = itk.image_view_from_array(moving_mask)
+        kwargs["moving_mask"].SetOrigin(moving.GetOrigin())
     result = _run(itk, fixed, moving, kwargs)
     correction = _affine_from_result(result.GetParameterMap(0))
     if not np.isfinite(correction).all():

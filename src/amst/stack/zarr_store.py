@@ -165,6 +165,11 @@ def downsample_2x(image: np.ndarray) -> np.ndarray:
     return out.astype(image.dtype, copy=False)
 
 
+# Every chunk is stored, all-zero ones too: a resumed run then knows that a missing chunk
+# is lost data (zarr's default deletes a chunk written as all fill value).
+_KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
+
+
 class OmeZarrWriter:
     """Writes an OME-Zarr image (NGFF 0.4, Zarr v2 layout) slice by slice.
 
@@ -200,7 +205,7 @@ class OmeZarrWriter:
         levels = max(1, int(pyramid_levels))
         if mode == "a" and is_zarr(self.path):
             group = zarr.open_group(str(self.path), mode="r+")
-            self.arrays = [group[str(i)] for i in range(levels)]
+            self.arrays = [group[str(i)].with_config(_KEEP_EMPTY_CHUNKS) for i in range(levels)]
             return
         group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
         self.arrays = []
@@ -209,7 +214,7 @@ class OmeZarrWriter:
         for level in range(levels):
             arr = group.create_array(
                 str(level), shape=(self.shape[0], h, w), dtype=self.dtype,
-                chunks=(1, min(h, chunk_yx), min(w, chunk_yx)), fill_value=0,
+                chunks=(1, min(h, chunk_yx), min(w, chunk_yx)), fill_value=0, config=_KEEP_EMPTY_CHUNKS,
                 chunk_key_encoding={"name": "v2", "separator": "/"},
             )
             self.arrays.append(arr)
