@@ -466,6 +466,9 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
               help=_help("Output stack format.", "out_format"))
 @click.option("--pyramid-levels", type=int, default=None,
               help=_help("OME-Zarr resolution levels written.", "pyramid_levels"))
+@click.option("--max-fallback-fraction", type=float, default=None,
+              help=_help("Stop the run when more than this share of non-blank slices falls back (1: never).",
+                         "max_fallback_fraction"))
 @click.option("--block-size", type=int, default=None,
               help=_help("Slices per work unit.", "block_size", "from the slice count and workers"))
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
@@ -493,9 +496,16 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
     click.echo("slices computed by this run, per pass: " + " ".join(str(v) for v in res.recomputed_per_pass))
     click.echo("time per slice (s): " + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items()))
+    info = res.transforms.extra.get("prealign_info", {})
+    if info.get("fallback_reason"):
+        click.echo(f"WARNING pre-alignment: {info.get('method_requested')} was asked for, {info.get('method')} was "
+                   f"used: {info['fallback_reason']}")
     flagged = [s for s in res.transforms.slices if s.status != "ok"]
     for s in flagged[:20]:
         click.echo(f"  slice {s.index} ({s.name}): {s.status} - {s.metrics.get('reason', s.metrics.get('prealign_flag', ''))}")
+    checks = [s for s in res.transforms.slices if s.status == "ok" and s.metrics.get("check")]
+    for s in checks[:20]:
+        click.echo(f"  slice {s.index} ({s.name}): inspect - {s.metrics['check']}")
 
 
 @main.command("apply")

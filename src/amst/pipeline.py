@@ -350,6 +350,8 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, templ
         metrics.update(result.metrics)
     except RegistrationError as exc:  # a registration that legitimately failed on this slice's data
         affine, status, reason = prealigned, "fallback", f"registration failed: {exc}"
+    except ValueError:  # the back-end refused its parameters (e.g. an elastix component that does not exist)
+        raise
     except Exception as exc:
         raise RunError(f"slice {z} ({job.stack.slice_name(z)}): the {cfg.register.backend} back-end raised "
                        f"{type(exc).__name__}: {exc}. This is not a property of the data but a bug or a broken "
@@ -620,8 +622,9 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
         pre_tf.extra["prealign_seconds"] = prealign_seconds
         pre_tf.save(pre_file)
     canvas = tuple(int(v) for v in pre_tf.canvas_shape_yx)
-    log.info("pre-alignment (%s): canvas %dx%d, %d slice(s) not ok", cfg.prealigned and "prealigned" or cfg.prealign.method,
-             canvas[0], canvas[1], sum(s.status != "ok" for s in pre_tf.slices))
+    method_used = pre_tf.extra.get("prealign_info", {}).get("method", cfg.prealign.method)
+    log.info("pre-alignment (%s): canvas %dx%d, %d slice(s) not ok", method_used, canvas[0], canvas[1],
+             sum(s.status != "ok" for s in pre_tf.slices))
 
     # Steps 2-3 + warp + write, by blocks of slices; with two passes, the first pass only
     # measures, and the second builds its template from the slices the first pass corrected

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ..parallel import ordered_map
+from ..register.base import RegistrationError
 from ..register.fast import register_fast
 from ..transform import apply_to_points, translation
 from ..stack import Stack
@@ -55,7 +56,7 @@ def affine_refined_position(image: np.ndarray, template: np.ndarray, x: float, y
     try:
         fit = register_fast(image, template, None, translation(x, y),
                             {"smooth_sigma": 0.0, "finest_level": 0, "coarsest_side": 10**9})
-    except (ValueError, np.linalg.LinAlgError):
+    except (RegistrationError, np.linalg.LinAlgError):  # no refinement possible: keep the NCC position
         return x, y
     shift = apply_to_points(fit.affine, centre)[0] - centre[0]
     if not np.all(np.isfinite(shift)) or np.hypot(shift[0] - x, shift[1] - y) > max_move_px:

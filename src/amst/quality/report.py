@@ -42,6 +42,15 @@ def _verdict(ev: Evaluation) -> tuple[str, str]:
     return "bad", f"{bad} of {n} slices were not aligned by AMST; {what}. Check the flagged slices."
 
 
+def _prealign_decision(ev: Evaluation) -> str:
+    """A warning paragraph when the pre-alignment used another method than the one asked for."""
+    info = ev.transforms.extra.get("prealign_info") or {}
+    if not info.get("fallback_reason"):
+        return ""
+    return (f'<p class="warn"><b>Pre-alignment: {html.escape(str(info.get("method_requested")))} was asked for, '
+            f'{html.escape(str(info.get("method")))} was used.</b> {html.escape(str(info["fallback_reason"]))}</p>\n')
+
+
 def _nonfinite_section(ev: Evaluation) -> str:
     """The list of slices with NaN/inf pixels (empty string when there are none)."""
     holes = ev.summary.get("nonfinite_slices", [])
@@ -113,7 +122,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
 <style>{_CSS}</style></head><body>
 <h1>Alignment report: {html.escape(run.name)}</h1>
 <p class="{kind}"><b>{html.escape(verdict)}</b></p>
-<div class="cards">{''.join(f'<div class="card">{html.escape(str(k))}<b>{html.escape(str(v))}</b></div>' for k, v in cards)}</div>
+{_prealign_decision(ev)}<div class="cards">{''.join(f'<div class="card">{html.escape(str(k))}<b>{html.escape(str(v))}</b></div>' for k, v in cards)}</div>
 <p class="note">Residual: each slice re-registered to the previous one inside {len(s['crops'])} crops ({crops});
 a well-aligned stack shows only small, flat values. Measured by phase correlation refined by a least-squares fit, independent of the alignment method.</p>
 <h2>Plots</h2>
