@@ -348,6 +348,23 @@ def test_sigkill_of_the_main_process_takes_its_workers_down(dataset, tmp_path):
     assert not any(_alive(w) for w in workers)
 
 
+def test_ctrl_c_during_a_run_is_one_line_and_the_rerun_resumes(dataset, tmp_path):
+    cmd = [*AMST, "run", str(dataset / "raw"), str(tmp_path / "o"), "--backend", "fast", "--quiet", "--no-report",
+           "--workers", "2", "--block-size", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_children(proc.pid)) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group, workers included
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "interrupted" in err
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "o" / "transforms.json").exists()
+
+
 # -- the elastix back-end end to end ----------------------------------------------------------------------
 
 def test_elastix_backend_end_to_end_through_align(tmp_path):
