@@ -148,7 +148,7 @@ def test_name_flag_maps_config_keys_to_typed_flags():
 def test_bad_median_radius_names_the_flag_or_the_config_key(raw, tmp_path):
     r = _cli("run", raw, tmp_path / "o", "--median-radius", "-1", "--backend", "fast", "--quiet", "--no-report")
     assert r.exit_code == 2
-    assert "amst: error: --median-radius (template.median_radius): -1 must be >= 0" in r.output
+    assert "amst: error: --median-radius (template.median_radius): -1 must be >= 1" in r.output
     conf = tmp_path / "c.yaml"
     conf.write_text("template: {median_radius: -1}\n")
     r = _cli("run", raw, tmp_path / "o", "--config", conf, "--quiet", "--no-report")

@@ -383,3 +383,105 @@ def test_elastix_backend_end_to_end_through_align(tmp_path):
     assert np.median(e_amst) < 0.5
     print("elastix: AF error TM", e_pre[af].round(3), "AMST", e_amst[af].round(3), "median", np.median(e_amst))
     assert open_stack(res.output_stack).shape == (26, *tf.canvas_shape_yx)
+
+
+# -- found by the adversarial pass ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("first, second, theirs", [("tiff", "zarr", "aligned.zarr"), ("zarr", "tiff", "aligned")])
+def test_overwrite_with_another_format_refuses_a_user_folder_in_the_way(dataset, tmp_path, first, second, theirs):
+    out = tmp_path / "r"
+    amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format=first, passes=1)
+    (out / theirs).mkdir()
+    (out / theirs / "slice_00003.tif").write_text("mine")
+    with pytest.raises(OutputError, match=theirs):
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format=second, passes=1,
+                   overwrite=True)
+    assert (out / theirs / "slice_00003.tif").read_text() == "mine"
+    assert (out / "transforms.json").exists()  # the earlier run is still there
+
+
+@pytest.mark.parametrize("where", ["report/my_figure.png", ".amst/notes.json", "aligned.zarr/2024",
+                                   "aligned.zarr/0/77", ".amst/journal/notes.json"])
+def test_overwrite_refuses_user_files_that_look_like_amst_files(dataset, run_dir, tmp_path, where):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    (out / "report").mkdir(exist_ok=True)
+    (out / where).write_text("mine")
+    before = _tree(out)
+    with pytest.raises(OutputError, match=Path(where).name):
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, overwrite=True, median_radius=3)
+    assert _tree(out) == before
+
+
+def test_demo_rerun_checks_everything_before_removing_anything(tmp_path):
+    out = tmp_path / "demo"
+    entries = [OwnedEntry("data", "owned"), OwnedEntry("amst", "owned")]
+    claim_output(out, kind="demo", entries=entries, overwrite=False, replace_own=True)
+    synthesize(out / "data", SynthConfig(shape=(3, 64, 64), seed=1), workers=1)
+    amst.align(out / "data" / "raw", out / "amst", backend="fast", workers=1, progress=False, passes=1,
+               prealign="none")
+    (out / "data" / "mine.txt").write_text("mine")
+    before = _tree(out)
+    with pytest.raises(OutputError, match="mine.txt"):
+        claim_output(out, kind="demo", entries=entries, overwrite=False, replace_own=True)
+    assert _tree(out) == before
+
+
+def test_resume_and_report_never_write_through_links(dataset, run_dir, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("mine")
+    (out / "amst.log").unlink()
+    (out / "amst.log").symlink_to(theirs)
+    with pytest.raises(OutputError, match="amst.log"):
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False)
+    assert theirs.read_text() == "mine"
+    (out / "amst.log").unlink()
+    (out / "report").mkdir(exist_ok=True)
+    (out / "report" / "index.html").unlink(missing_ok=True)
+    (out / "report" / "index.html").symlink_to(theirs)
+    res = _cli("report", out)
+    assert res.exit_code == 2 and "symbolic link" in res.output
+    assert theirs.read_text() == "mine"
+
+
+def test_resume_recomputes_damaged_slices(dataset, tmp_path):
+    for fmt in ("zarr", "tiff"):
+        out = tmp_path / fmt
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format=fmt, passes=1)
+        stack = out / ("aligned.zarr" if fmt == "zarr" else "aligned")
+        reference = open_stack(stack)
+        expected = [reference.read(z) for z in range(16)]
+        victim = stack / "0" / "8" / "0" / "0" if fmt == "zarr" else stack / "slice_00008.tif"
+        victim.write_bytes(victim.read_bytes()[: max(0, victim.stat().st_size // 3)])  # torn or emptied
+        res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format=fmt, passes=1)
+        assert res.recomputed == 1
+        np.testing.assert_array_equal(open_stack(stack).read(8), expected[8])
+    (tmp_path / "zarr" / "aligned.zarr" / "0" / ".zarray").unlink()  # metadata lost: the store is made anew
+    res = amst.align(dataset / "raw", tmp_path / "zarr", backend="fast", workers=1, progress=False, passes=1)
+    assert res.recomputed == 16
+    np.testing.assert_array_equal(open_stack(tmp_path / "zarr" / "aligned.zarr").read(8), expected[8])
+
+
+def test_prealign_transforms_record_the_input_size_for_apply(dataset, tmp_path):
+    assert _cli("prealign", dataset / "raw", tmp_path / "p", "--prealign", "features").exit_code == 0
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    for p in sorted((dataset / "raw").iterdir()):
+        tifffile.imwrite(thin / p.name, tifffile.imread(p)[:, :32])
+    res = _cli("apply", tmp_path / "p" / "transforms.json", thin, tmp_path / "o")
+    assert res.exit_code == 2 and "160 x 32" in res.output
+
+
+def test_elastix_parameters_elastix_cannot_use_leave_no_output(dataset, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("register: {backend: elastix, elastix: {Metric: Bogus}}\n")
+    res = _cli("run", dataset / "raw", tmp_path / "o", "--config", cfg, "--quiet", "--workers", "1")
+    assert res.exit_code == 2 and "Bogus" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_median_radius_zero_is_refused():
+    with pytest.raises(ValueError, match="median_radius.*>= 1"):
+        amst.config.build_config(median_radius=0)

@@ -256,18 +256,20 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("path")
 @click.option("--pattern", default=None, help=f"Glob for TIFF folders.  [default: {DEFAULT_PATTERN}]")
-@click.option("--dataset", default=None, help="HDF5 dataset or Zarr array inside PATH.")
+@click.option("--dataset", default=None, help="HDF5 dataset, Zarr array or N5 dataset (scale level) inside PATH.")
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Channel of a multi-channel input (Janelia .dat detector, OME-Zarr c axis).  [default: the first]")
 @click.option("--allow-pad", is_flag=True,
               help="As for amst run: slices of differing shape are padded (info lists them either way).")
 @click.option("--skip-bad", is_flag=True, help="List unreadable slices instead of stopping at the first one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_voxel_option
-def info(path: str, pattern: str | None, dataset: str | None, allow_pad: bool, skip_bad: bool, as_json: bool,
-         voxel_size: tuple[float, ...] | None) -> None:
-    """Shape, dtype, voxel size and slice count of a stack (slices of other shapes are listed)."""
+def info(path: str, pattern: str | None, dataset: str | None, channel: int | None, allow_pad: bool,
+         skip_bad: bool, as_json: bool, voxel_size: tuple[float, ...] | None) -> None:
+    """Shape, dtype, voxel size (and where it came from) and slice count of a stack."""
     # Always opened with padding allowed: info's job is to list the slices that differ.
     stack = open_stack(path, pattern=pattern, dataset=dataset, voxel_size=_voxel(voxel_size), allow_pad=True,
-                       skip_bad=skip_bad)
+                       skip_bad=skip_bad, channel=channel)
     d = stack.describe()
     if as_json:
         click.echo(json.dumps(d, indent=2))
@@ -278,6 +280,14 @@ def info(path: str, pattern: str | None, dataset: str | None, allow_pad: bool, s
     click.echo(f"slice shape {y} x {x} (y x)")
     click.echo(f"dtype       {d['dtype']}")
     click.echo(f"voxel size  {stack.voxel_size if stack.voxel_size else 'unknown (pass --voxel-size Z Y X)'}")
+    if stack.voxel_size:
+        click.echo(f"  from      {d.get('voxel_size_source') or 'unknown'}")
+    if d.get("channels"):
+        listing = ", ".join(f"{i}: {n}" for i, n in enumerate(d["channels"]))
+        click.echo(f"channel     {d['channel']} ({d['channel_name']}) of {listing}; choose with --channel")
+    if d.get("data_bar_cropped"):
+        click.echo(f"data bar    cropped from {len(d['data_bar_cropped'])} slice(s) (FEI metadata: image "
+                   f"{d['data_bar_cropped'][0]['image_rows']} rows)")
     if d.get("first"):
         click.echo(f"files       {d['first']} ... {d['last']} (pattern {d['pattern']})")
     mism = d.get("shape_mismatches") or []
@@ -352,7 +362,11 @@ def _prealign_options(f: Callable) -> Callable:
         click.option("--xcorr-prefilter", type=click.Choice(["gaussian", "edges", "none"]), default=None,
                      help=_help("Filter before phase correlation.", "xcorr_prefilter")),
         click.option("--pattern", default=None, help=f"Glob for TIFF folders.  [default: {DEFAULT_PATTERN}]"),
-        click.option("--dataset", default=None, help="HDF5 dataset / Zarr array inside INPUT."),
+        click.option("--dataset", default=None,
+                     help="HDF5 dataset / Zarr array / N5 dataset (scale level, e.g. s0) inside INPUT."),
+        click.option("--channel", type=click.IntRange(min=0), default=None,
+                     help=_help("Channel of a multi-channel input (Janelia .dat detector, OME-Zarr c axis).",
+                                "channel", "the first")),
         click.option("--allow-pad", is_flag=True, default=None, help="Pad slices of differing shape."),
         click.option("--skip-bad", is_flag=True, default=None,
                      help="Continue past unreadable slices (they are marked blank)."),
@@ -442,8 +456,13 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
     tf.save(outp / "transforms.json")
     mark_complete(outp, ownership)
     bad = [s for s in tf.slices if s.status != "ok"]
-    click.echo(f"pre-aligned {len(stack)} slices ({method}) in {seconds:.1f} s "
+    info = tf.extra.get("prealign_info", {})
+    used = info.get("method", method)
+    click.echo(f"pre-aligned {len(stack)} slices ({used}) in {seconds:.1f} s "
                f"({seconds / len(stack):.3f} s/slice); canvas {tf.canvas_shape_yx[0]}x{tf.canvas_shape_yx[1]}")
+    if info.get("fallback_reason"):
+        click.echo(f"WARNING pre-alignment: {info.get('method_requested')} was asked for, {used} was used: "
+                   f"{info['fallback_reason']}")
     if bad:
         click.echo(f"{len(bad)} slice(s) flagged: " + ", ".join(f"{s.index} ({s.status})" for s in bad[:20]))
 
@@ -462,8 +481,10 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
               help=_help("Registration passes (the second builds its template from corrected slices).", "passes"))
 @click.option("--order", type=click.Choice(["cubic", "linear", "nearest"]), default=None,
               help=_help("Interpolation of the output.", "order"))
-@click.option("--out-format", type=click.Choice(["zarr", "tiff"]), default=None,
+@click.option("--out-format", type=click.Choice(["zarr", "tiff", "tiff-stack", "mrc"]), default=None,
               help=_help("Output stack format.", "out_format"))
+@click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default=None,
+              help=_help("OME-Zarr version of a zarr output (0.5: Zarr v3).", "ngff_version"))
 @click.option("--pyramid-levels", type=int, default=None,
               help=_help("OME-Zarr resolution levels written.", "pyramid_levels"))
 @click.option("--max-fallback-fraction", type=float, default=None,

@@ -82,8 +82,10 @@ class WarpConfig:
 
 @dataclass
 class OutputConfig:
-    out_format: str = "zarr"
+    out_format: str = "zarr"   # zarr | tiff (one file per slice) | tiff-stack (one ImageJ TIFF) | mrc
     pyramid_levels: int = 1
+    # OME-Zarr only: 0.4 (what most viewers read) or 0.5 (Zarr v3); YAML reads 0.5 as a number.
+    ngff_version: str | float = "0.4"
 
 
 @dataclass
@@ -110,13 +112,22 @@ class RunConfig:
         self.prealign.validate()
         _choice("register.backend", self.register.backend, ("elastix", "fast"))
         _choice("warp.order", self.warp.order, ("cubic", "linear", "nearest"))
-        _choice("output.out_format", self.output.out_format, ("zarr", "tiff"))
+        _choice("output.out_format", self.output.out_format, ("zarr", "tiff", "tiff-stack", "mrc"))
+        if isinstance(self.output.ngff_version, float):
+            self.output.ngff_version = f"{self.output.ngff_version:g}"
+        _choice("output.ngff_version", self.output.ngff_version, ("0.4", "0.5"))
+        if self.output.ngff_version != "0.4" and self.output.out_format != "zarr":
+            raise ValueError(f"output.ngff_version: {self.output.ngff_version} needs output.out_format zarr; a "
+                             f"{self.output.out_format} output is not OME-Zarr (leave ngff_version out)")
+        if self.input.channel is not None and self.input.channel < 0:
+            raise ValueError(f"input.channel: {self.input.channel} must be >= 0 (0 is the first channel)")
         _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
         _choice("template.ends", self.template.ends, ("mirror", "shrink"))
         if math.isnan(self.template.outlier_distortion_px):
             raise ValueError("template.outlier_distortion_px: nan must be a number (0 or less: leave no slice out)")
-        if self.template.median_radius < 0:
-            raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 0 (the paper uses 7)")
+        if self.template.median_radius < 1:
+            raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 1 (the paper uses 7); "
+                             "with 0 each slice would be its own template and nothing would be corrected")
         self.register.validate()
         if self.output.pyramid_levels < 1:
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
@@ -192,7 +203,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "backend": "register.backend", "passes": "register.passes",
     "max_fallback_fraction": "register.max_fallback_fraction",
     "order": "warp.order", "out_format": "output.out_format",
-    "pyramid_levels": "output.pyramid_levels", "workers": "execution.workers",
+    "pyramid_levels": "output.pyramid_levels", "ngff_version": "output.ngff_version", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",
 }
 

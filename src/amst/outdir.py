@@ -29,11 +29,15 @@ FORMAT = "amst-owned"
 # Entry kinds: how amst recognises the files it wrote inside an entry.
 ENTRY_KINDS = ("file", "zarr", "tiff", "report", "state", "owned")
 
-_ZARR_META = {".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"}
+_ZARR_GROUP_META = {".zgroup", ".zattrs", "zarr.json", ".zmetadata"}
+_ZARR_ARRAY_META = {".zarray", ".zattrs", "zarr.json"}
 _DIGITS = re.compile(r"^\d+$")
-_REPORT_FILE = re.compile(r"^[\w.-]+\.(png|html|json)$")
-_STATE_FILE = re.compile(r"^\.?[\w.-]+\.json(\.partial)?$")
-_STATE_DIR = re.compile(r"^journal(_pass\d+)?$")
+# Every file a run's report holds (quality/report.py and ``amst evaluate --compare``).
+REPORT_FILES = frozenset({"index.html", "evaluation.json", "residual.png", "transforms.png", "reslice_xz.png",
+                          "reslice_yz.png", "ground_truth.png", "compare_xz.png", "compare_yz.png"})
+STATE_FILES = frozenset({MARKER, "state.json", "prealign.json"})
+_JOURNAL_DIR = re.compile(r"^journal(_pass\d+)?$")
+_JOURNAL_FILE = re.compile(r"^\.?\d{7}\.json(\.partial)?$")
 
 
 class OutputError(ValueError):
@@ -145,60 +149,127 @@ def refuse_overlap(out: str | Path, protected: Mapping[str, str | Path | None]) 
 
 
 def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
-    """Files inside ``entry`` that amst does not write there (empty: safe to remove)."""
+    """Files inside ``entry`` that amst does not write there (empty: safe to remove).
+
+    Symbolic links are never amst's: a link in an entry is reported, not followed.
+    """
     root = folder if entry.name == "." else folder / entry.name
-    if not root.exists() and not root.is_symlink():
-        return []
     if root.is_symlink():
         return [root]
+    if not root.exists():
+        return []
     if entry.kind == "file":
         return [] if root.is_file() else [root]
     if not root.is_dir():
         return [root]
+    skip = {STATE_DIR} if entry.name == "." else set()
     if entry.kind == "owned":
         inner = read_ownership(root)
         if inner is None:
             return [root]
-        return [p for e in inner.entries for p in _unknown_in_entry(root, e)]
+        claimed = {e.name for e in inner.entries} | {STATE_DIR}
+        beside = [p for p in sorted(root.iterdir()) if p.name not in claimed]  # the outer entry claims the folder
+        return beside + [p for e in inner.entries for p in _unknown_in_entry(root, e)] + \
+            _unknown_in_entry(root, OwnedEntry(STATE_DIR, "state"))
+    if entry.kind == "zarr":
+        return _unknown_in_zarr(root, skip)
+    if entry.kind == "tiff":
+        names = set(entry.names) | {f".{n}.partial" for n in entry.names}
+        return [p for p in sorted(root.iterdir()) if p.name not in skip
+                and (p.is_symlink() or not p.is_file() or p.name not in names)]
+    if entry.kind == "report":
+        return [p for p in sorted(root.iterdir()) if p.is_symlink() or not p.is_file() or p.name not in REPORT_FILES]
+    if entry.kind == "state":
+        unknown = []
+        for p in sorted(root.iterdir()):
+            if p.is_symlink():
+                unknown.append(p)
+            elif p.is_dir() and _JOURNAL_DIR.match(p.name):
+                unknown += [q for q in sorted(p.iterdir())
+                            if q.is_symlink() or not q.is_file() or not _JOURNAL_FILE.match(q.name)]
+            elif not (p.is_file() and (p.name in STATE_FILES or p.name.removeprefix(".").removesuffix(".partial")
+                                       in STATE_FILES)):
+                unknown.append(p)
+        return unknown
+    return [root]
+
+
+def _unknown_in_zarr(root: Path, skip: set[str]) -> list[Path]:
+    """Files of a Zarr group that are not the group's metadata, its level arrays' metadata,
+    or chunks of those arrays inside their chunk grid (v2 ``z/y/x`` or v3 ``c/z/y/x`` keys)."""
     unknown: list[Path] = []
-    names = set(entry.names)
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel = here.relative_to(root)
-        top = rel == Path(".")
-        if entry.name == "." and top and STATE_DIR in dirnames:
-            dirnames.remove(STATE_DIR)  # the marker itself, removed last
-        for d in list(dirnames):
-            p = here / d
-            if p.is_symlink() or not _dir_allowed(entry.kind, d, top):
+    for p in sorted(root.iterdir()):
+        if p.name in skip:
+            continue
+        if p.is_symlink():
+            unknown.append(p)
+        elif p.is_file():
+            if p.name not in _ZARR_GROUP_META:
                 unknown.append(p)
-                dirnames.remove(d)
-        for f in filenames:
-            p = here / f
-            if p.is_symlink() or not _file_allowed(entry.kind, f, top, names):
-                unknown.append(p)
+        elif _DIGITS.match(p.name):
+            unknown += _unknown_in_zarr_array(p)
+        else:
+            unknown.append(p)
     return unknown
 
 
-def _dir_allowed(kind: str, name: str, top: bool) -> bool:
-    if kind == "zarr":
-        return bool(_DIGITS.match(name)) or name == "c"
-    if kind == "state":
-        return top and bool(_STATE_DIR.match(name))
-    return False
+def _unknown_in_zarr_array(array: Path) -> list[Path]:
+    grid = _chunk_grid(array)
+    unknown: list[Path] = []
+    for p in sorted(array.iterdir()):
+        if p.is_symlink():
+            unknown.append(p)
+        elif p.is_file():
+            if p.name not in _ZARR_ARRAY_META:
+                unknown.append(p)
+        elif p.name == "c":  # v3 chunk keys: c/z/y/x
+            unknown += _unknown_chunks(p, grid, 0, [])
+        elif _DIGITS.match(p.name):  # v2 chunk keys with "/": z/y/x
+            unknown += _unknown_chunks(p, grid, 1, [int(p.name)])
+        else:
+            unknown.append(p)
+    return unknown
 
 
-def _file_allowed(kind: str, name: str, top: bool, names: set[str]) -> bool:
-    if kind == "zarr":
-        return name in _ZARR_META or bool(_DIGITS.match(name))
-    if kind == "tiff":
-        return top and (name in names or (name.startswith(".") and name.endswith(".partial")
-                                          and name[1:-len(".partial")] in names))
-    if kind == "report":
-        return top and bool(_REPORT_FILE.match(name))
-    if kind == "state":
-        return bool(_STATE_FILE.match(name))
-    return False
+def _unknown_chunks(node: Path, grid: list[int] | None, depth: int, index: list[int]) -> list[Path]:
+    """Below ``node`` (at chunk-key ``depth``), what is not a chunk inside ``grid``."""
+    ndim = len(grid) if grid else 3
+    if index and grid and index[-1] >= grid[len(index) - 1]:
+        return [node]
+    if depth == ndim:
+        return [] if node.is_file() and not node.is_symlink() else [node]
+    if node.is_symlink() or not node.is_dir():
+        return [node]
+    unknown: list[Path] = []
+    for p in sorted(node.iterdir()):
+        if not _DIGITS.match(p.name):
+            unknown.append(p)
+        else:
+            unknown += _unknown_chunks(p, grid, depth + 1, [*index, int(p.name)])
+    return unknown
+
+
+def _chunk_grid(array: Path) -> list[int] | None:
+    """Number of chunks along each axis, from the array's v2 or v3 metadata (None if unreadable)."""
+    try:
+        if (array / ".zarray").is_file():
+            meta = json.loads((array / ".zarray").read_text())
+            shape, chunks = meta["shape"], meta["chunks"]
+        else:
+            meta = json.loads((array / "zarr.json").read_text())
+            shape, chunks = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        return [-(-int(s) // int(c)) for s, c in zip(shape, chunks)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def unknown_files(folder: str | Path, ownership: Ownership) -> list[Path]:
+    """Every path inside the entries of ``ownership`` that amst does not write there."""
+    folder = Path(folder)
+    entries = list(ownership.entries)
+    if not any(e.name == STATE_DIR for e in entries):
+        entries.append(OwnedEntry(STATE_DIR, "state"))  # the marker's own folder
+    return [p for e in entries for p in _unknown_in_entry(folder, e)]
 
 
 def _describe(paths: list[Path], folder: Path) -> str:
@@ -218,7 +289,7 @@ def remove_owned(folder: str | Path, ownership: Ownership) -> list[Path]:
         Naming the files inside an entry that amst did not write; nothing is removed then.
     """
     folder = Path(folder)
-    unknown = [p for e in ownership.entries for p in _unknown_in_entry(folder, e)]
+    unknown = unknown_files(folder, ownership)
     if unknown:
         raise OutputError(
             f"{folder} holds an earlier amst {ownership.kind} output, but also files amst did not write inside it: "
@@ -323,6 +394,13 @@ def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], o
             state = "a complete" if found.complete else "an incomplete (interrupted?)"
             raise OutputError(f"{out} holds {state} earlier 'amst {kind}' output; pass --overwrite to replace it "
                               "(only the files amst wrote there are removed), or choose another output path")
+        previous = {e.name for e in found.entries}
+        in_the_way = [out / e.name for e in entries if e.name not in previous and e.name != "."
+                      and ((out / e.name).exists() or (out / e.name).is_symlink())]
+        if in_the_way:
+            raise OutputError(
+                f"{out} holds {_describe(in_the_way, out)}, which the earlier 'amst {kind}' output there did not "
+                f"write and this one would: move it away (or choose another output path) and run again")
         remove_owned(out, found)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
@@ -339,4 +417,5 @@ def mark_complete(out: str | Path, ownership: Ownership) -> None:
 
 
 __all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "read_ownership",
-           "refuse_overlap", "remove_owned", "write_ownership", "atomic_write_text", "STATE_DIR"]
+           "refuse_overlap", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text", "STATE_DIR",
+           "REPORT_FILES"]

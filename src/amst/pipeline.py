@@ -30,12 +30,12 @@ from .imageops import finite_float32, is_blank, nonfinite_count
 from .prealign.xcorr import PhaseCorrelation
 from .register import RegistrationError, check_result, distortion_px, register, sampled_ncc, template_level
 from .register.fast import level_image, level_shape
-from .stack import Stack, VoxelSize, create_writer, open_stack
+from .stack import Stack, VoxelSize, check_output_fits, create_writer, open_stack
 from .template import sliding_templates, window_bounds
 from .transform import at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
 from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
-                     mark_complete, read_ownership, refuse_overlap, write_ownership)
+                     mark_complete, read_ownership, refuse_overlap, unknown_files, write_ownership)
 from .warp import warp_slice
 
 log = logging.getLogger("amst")
@@ -89,7 +89,9 @@ class _Job:
 # -- output folder, journal -----------------------------------------------------------------
 
 def _output_name(cfg: RunConfig) -> str:
-    return "aligned.zarr" if cfg.output.out_format == "zarr" else "aligned"
+    from .stack import OUTPUT_FORMATS
+
+    return OUTPUT_FORMATS[cfg.output.out_format]
 
 
 def _digest_parts(cfg: RunConfig, stack: Stack, prealigned: Stack | None) -> dict[str, Any]:
@@ -134,7 +136,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def _run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -> list[OwnedEntry]:
-    output = (OwnedEntry(_output_name(cfg), "zarr") if cfg.output.out_format == "zarr"
+    from .stack import output_is_file
+
+    fmt = cfg.output.out_format
+    output = (OwnedEntry(_output_name(cfg), "zarr") if fmt == "zarr"
+              else OwnedEntry(_output_name(cfg), "file") if output_is_file(fmt)
               else OwnedEntry(_output_name(cfg), "tiff", tuple(tiff_names)))
     return [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
             OwnedEntry("transforms.json", "file"), output, OwnedEntry("report", "report")]
@@ -155,6 +161,11 @@ def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], p
         except (OSError, json.JSONDecodeError):
             previous = {}
         if previous.get("digest") == _digest(parts) and not overwrite:
+            foreign = unknown_files(out, owner)
+            if foreign:  # a resumed run writes into these entries: never through a link, never over a user file
+                raise OutputError(f"{out} holds an earlier run to resume, but also {len(foreign)} file(s) or link(s) "
+                                  f"amst did not write inside its entries (e.g. {', '.join(str(p) for p in foreign[:3])}); "
+                                  "move them away and run again")
             return True
         if not overwrite:
             changed = _differences(previous.get("parts", {}), parts) if previous.get("parts") else []
@@ -308,6 +319,8 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
                                          "same command to resume") from exc
             timings[z]["write"] += time.perf_counter() - t0
         entry["timings"] = timings[z]
+        if writer is not None:
+            entry["output_bytes"] = slice_file_sizes(writer, z)
         atomic_write_text(_journal_entry(job.journal, z), json.dumps(entry))
         results.append(entry)
         t_start = time.perf_counter()
@@ -399,7 +412,7 @@ def _blocks(todo: list[int], size: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
+def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None]]:
     """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster."""
     if cfg.execution.scheduler:
         from distributed import Client
@@ -409,7 +422,7 @@ def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
         except (OSError, TimeoutError, ValueError) as exc:
             raise ValueError(f"--scheduler {cfg.execution.scheduler}: cannot reach the Dask scheduler ({exc}); "
                              "check the address and that the scheduler is running") from exc
-        return client, client.close
+        return client, lambda abort=False: client.close()
     if cfg.execution.cluster == "slurm":
         try:
             from dask_jobqueue import SLURMCluster
@@ -423,16 +436,29 @@ def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[[], None]]:
         cluster.scale(jobs=jobs)
         client = Client(cluster)
 
-        def close() -> None:
+        def close(abort: bool = False) -> None:
             client.close()
             cluster.close()
 
         return client, close
     if workers <= 1:
-        return None, lambda: None
+        return None, lambda abort=False: None
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                initargs=(os.getpid(),))
-    return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(abort: bool = False) -> None:
+        if abort:
+            # Ctrl-C: a running block may take a minute (elastix); its slices are journaled only
+            # once written, so stopping the workers now loses nothing. The pool has no public
+            # way to stop running tasks, hence its process table.
+            processes = list(getattr(pool, "_processes", {}).values())
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    return pool, close
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -560,7 +586,9 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
                  "the config file": Path(config) if isinstance(config, (str, Path)) else None}
     # Everything that can be refused is checked, and the scheduler reached, before OUT is touched.
     executor, close = _executor(cfg, default_workers(cfg.execution.workers))
+    interrupted = False
     try:
+        _probe_backend(executor, cfg)
         resuming = _prepare_out(out, cfg, protected, parts, overwrite)
         handler = _attach_log(out / "amst.log")
         try:
@@ -568,8 +596,25 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
         finally:
             log.removeHandler(handler)
             handler.close()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        close()
+        close(abort=interrupted)
+
+
+def _probe_backend(executor: Any, cfg: RunConfig) -> None:
+    """Try elastix once with the user's parameter overrides, where the run will register."""
+    if cfg.register.backend != "elastix" or not cfg.register.elastix:
+        return
+    from .register.elastix import probe_parameters
+
+    if executor is None:
+        probe_parameters(cfg.register.elastix)
+    elif hasattr(executor, "scatter"):  # a dask.distributed Client
+        executor.submit(probe_parameters, cfg.register.elastix, pure=False).result()
+    else:
+        executor.submit(probe_parameters, cfg.register.elastix).result()
 
 
 def _validate_for_stack(cfg: RunConfig, stack: Stack, prealigned: Stack | None) -> None:
@@ -584,6 +629,7 @@ def _validate_for_stack(cfg: RunConfig, stack: Stack, prealigned: Stack | None) 
     elif cfg.prealign.method != "none":
         validate_for_stack(cfg.prealign, len(stack), tuple(stack.shape[1:]), stack.voxel_size)
     validate_for_canvas(cfg, tuple(stack.shape[1:]))
+    check_output_fits(cfg.output.out_format, (len(stack), *stack.shape[1:]), stack.dtype)
 
 
 def _attach_log(path: Path) -> logging.Handler:
@@ -605,6 +651,8 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     log.info("amst %s: %s (%d slices, %dx%d %s, voxel %s) -> %s%s", __version__, stack.path, n, stack.shape[1],
              stack.shape[2], stack.dtype, stack.voxel_size or "unknown", out, " (resuming)" if resuming else "")
     atomic_write_text(out / "config.yaml", dump_yaml(cfg, __version__))
+    log.debug("executor: %s; %d worker(s); result-affecting options: %s", type(executor).__name__ if executor else
+              "this process", workers, json.dumps(cfg.result_affecting(), sort_keys=True, default=str))
 
     # Step 1: pre-alignment (saved, so a resumed run does not redo it).
     pre_file = state / "prealign.json"
@@ -632,9 +680,10 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     out_stack = out / _output_name(cfg)
     writer_spec = {"path": out_stack, "fmt": cfg.output.out_format, "shape": (n, *canvas), "dtype": stack.dtype,
                    "voxel_size": stack.voxel_size, "names": stack.names,
-                   "pyramid_levels": cfg.output.pyramid_levels}
+                   "pyramid_levels": cfg.output.pyramid_levels, "ngff_version": cfg.output.ngff_version,
+                   "provenance": stack.provenance()}
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
-    writer = create_writer(**writer_spec, mode="a" if resuming and out_stack.exists() else "w")
+    writer, created = _open_output_stack(writer_spec, resuming)
     write_ownership(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
     passes = cfg.register.passes
     level = template_level(cfg.register.backend, cfg.register.fast, canvas)
@@ -653,7 +702,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
         journal.mkdir(parents=True, exist_ok=True)
         done = _read_journal(journal, n) if resuming else {}
         if final and done:
-            done = _drop_missing_output(done, writer, journal)
+            done = _drop_missing_output(done, writer, journal, everything=created)
         todo = [z for z in range(n) if z not in done]
         block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
         job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
@@ -672,6 +721,9 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                 for e in entries:
                     results[e["index"]] = e
                     watch.add(e)
+                    log.debug("pass %d, slice %d: %s, NCC %s -> %s%s", pass_index, e["index"], e["status"],
+                              _fmt(e["metrics"].get("ncc_prealign")), _fmt(e["metrics"].get("ncc_final")),
+                              f" ({e['metrics']['reason']})" if e["metrics"].get("reason") else "")
                 bar.update(len(entries))
         if not final:
             # The next pass starts from this one's results; its templates place slices by
@@ -698,7 +750,8 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     per_slice = {k: v / n for k, v in totals.items()}
     tf = Transforms(canvas, slices, stack.voxel_size,
                     {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
-                     "timings_per_slice_s": per_slice, "output": out_stack.name},
+                     "timings_per_slice_s": per_slice, "output": out_stack.name,
+                     "input_provenance": stack.provenance()},
                     input_shape_yx=tuple(int(v) for v in stack.shape[1:]))
     tf.save(out / "transforms.json")
     mark_complete(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
@@ -710,6 +763,10 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     log.info("done: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     log.info("time per slice (s): %s", "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items()))
     return AlignResult(out, out_stack, tf, per_slice, len(todo), per_pass, cfg)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
 
 
 @dataclass
@@ -757,34 +814,69 @@ def _likely_cause(reason: str, backend: str) -> str:
     return "the registration checks (register.max_scale_change, max_shear, max_shift_px) reject most corrections."
 
 
-def _drop_missing_output(done: dict[int, dict[str, Any]], writer: Any, journal: Path) -> dict[int, dict[str, Any]]:
-    """Journal entries whose slice is no longer on disk are not done: they are recomputed."""
-    missing = [z for z in sorted(done) if not slice_on_disk(writer, z)]
+def _open_output_stack(spec: dict[str, Any], resuming: bool) -> tuple[Any, bool]:
+    """The run's output stack, and whether it was created now (nothing of it is on disk yet):
+    reopened when resuming, created (again) when missing or unreadable.
+
+    The folder is the run's own (checked before), so a store damaged beyond reopening is
+    created anew; the journal check then recomputes every slice it no longer holds.
+    """
+    if resuming and Path(spec["path"]).exists():
+        try:
+            return create_writer(**spec, mode="a"), False
+        except (KeyError, ValueError, OSError, TypeError) as exc:
+            log.warning("%s cannot be reopened (%s: %s); creating it anew", spec["path"], type(exc).__name__, exc)
+    return create_writer(**spec, mode="w"), True
+
+
+def _drop_missing_output(done: dict[int, dict[str, Any]], writer: Any, journal: Path,
+                         everything: bool = False) -> dict[int, dict[str, Any]]:
+    """Journal entries whose slice is no longer on disk, whole, are not done: they are recomputed
+    (all of them when ``everything``: the output stack was just created anew)."""
+    missing = [z for z in sorted(done) if everything or not slice_on_disk(writer, z, done[z].get("output_bytes"))]
     if missing:
-        log.warning("%d slice(s) listed as done are missing from %s (e.g. %s); recomputing them", len(missing),
-                    writer.path, ", ".join(str(z) for z in missing[:10]))
+        log.warning("%d slice(s) listed as done are missing or damaged in %s (e.g. %s); recomputing them",
+                    len(missing), writer.path, ", ".join(str(z) for z in missing[:10]))
         for z in missing:
             _journal_entry(journal, z).unlink(missing_ok=True)
     return {z: e for z, e in done.items() if z not in set(missing)}
 
 
-def slice_on_disk(writer: Any, z: int) -> bool:
-    """True when every file that holds slice ``z`` of the writer's stack exists.
-
-    TIFF folders: the slice's file. OME-Zarr: every chunk of slice ``z`` at every level
-    (the writer stores empty chunks too, so a missing chunk is always lost data).
-    """
+def _slice_files(writer: Any, z: int) -> list[Path]:
+    """The files that hold slice ``z`` of the writer's stack (TIFF: one; OME-Zarr: every chunk of
+    the slice at every level, v2 ``z/y/x`` keys; the writer stores empty chunks too)."""
     if getattr(writer, "kind", None) == "tiff":
-        p = writer.path / writer.names[z]
-        return p.is_file() and p.stat().st_size > 0
+        return [writer.path / writer.names[z]]
+    files = []
     for i, arr in enumerate(writer.arrays):
         _, h, w = arr.shape
         _, ch, cw = arr.chunks
-        for cy in range(-(-h // ch)):
-            for cx in range(-(-w // cw)):
-                if not (writer.path / str(i) / str(z) / str(cy) / str(cx)).is_file():
-                    return False
-    return True
+        files += [writer.path / str(i) / str(z) / str(cy) / str(cx) for cy in range(-(-h // ch))
+                  for cx in range(-(-w // cw))]
+    return files
+
+
+def slice_file_sizes(writer: Any, z: int) -> list[int] | None:
+    """Byte sizes of the files that hold slice ``z`` (recorded in the journal when it is written);
+    None for single-file outputs, whose size does not depend on the slice."""
+    if hasattr(writer, "has_slice"):
+        return None
+    return [p.stat().st_size for p in _slice_files(writer, z)]
+
+
+def slice_on_disk(writer: Any, z: int, expected_bytes: list[int] | None = None) -> bool:
+    """True when every file that holds slice ``z`` exists, is not empty, and (when the journal
+    recorded them) has the size it had when it was written."""
+    if hasattr(writer, "has_slice"):  # a single file holds every slice (MRC, ImageJ hyperstack)
+        return writer.has_slice(z)
+    files = _slice_files(writer, z)
+    try:
+        sizes = [p.stat().st_size for p in files]
+    except FileNotFoundError:
+        return False
+    if expected_bytes is not None:
+        return sizes == list(expected_bytes)
+    return all(size > 0 for size in sizes)
 
 
 def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iterator[list[dict[str, Any]]]:

@@ -408,4 +408,5 @@ def to_transforms(stack: Stack, result: PrealignResult, canvas: str = "union") -
     for z, t in enumerate(result.translations):
         m = translation(*(origin + t))
         slices.append(SliceTransform(z, stack.slice_name(z), m, m.copy(), result.status[z], dict(result.metrics[z])))
-    return Transforms(shape, slices, stack.voxel_size, {"prealign_info": result.info})
+    return Transforms(shape, slices, stack.voxel_size, {"prealign_info": result.info},
+                      input_shape_yx=tuple(int(v) for v in stack.shape[1:]))

@@ -42,6 +42,16 @@ def _verdict(ev: Evaluation) -> tuple[str, str]:
     return "bad", f"{bad} of {n} slices were not aligned by AMST; {what}. Check the flagged slices."
 
 
+def _refuse_links(out: Path) -> None:
+    """The report is written into ``out``: never through a symbolic link to someone else's file."""
+    from ..outdir import REPORT_FILES, OutputError
+
+    links = [p for p in [out, *(out / name for name in REPORT_FILES)] if p.is_symlink()]
+    if links:
+        raise OutputError(f"{links[0]} is a symbolic link; amst writes its report only into files it owns: "
+                          "remove the link and run again")
+
+
 def _prealign_decision(ev: Evaluation) -> str:
     """A warning paragraph when the pre-alignment used another method than the one asked for."""
     info = ev.transforms.extra.get("prealign_info") or {}
@@ -75,6 +85,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
     run = Path(run)
     ev = ev or evaluate_run(run, truth)
     out = run / "report"
+    _refuse_links(out)
     out.mkdir(exist_ok=True)
     s = ev.summary
     statuses = ev.per_slice["status"]
@@ -102,6 +113,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
         cards.append((f"Residual crop {r['crop'] + 1} (mean / max)", f"{r['mean']:.1f} / {r['max']:.1f} {r['unit']}"))
         cards.append((f"Jitter residual crop {jr['crop'] + 1} (mean / max)",
                       f"{jr['mean']:.1f} / {jr['max']:.1f} {jr['unit']}"))
+    cards.append(("Voxel size", str(vs) if vs else "voxel size unknown"))
     if s["neighbour_ncc_median"] is not None:
         cards.append(("Neighbour NCC (median)", f"{s['neighbour_ncc_median']:.3f}"))
     if "ground_truth" in s:

@@ -303,3 +303,25 @@ def _affine_from_result(pm) -> np.ndarray:
     m[:, :2] = a
     m[:, 2] = c + t - a @ c
     return m
+
+
+def probe_parameters(parameters: dict[str, Any]) -> None:
+    """Register a small synthetic pair with ``parameters``, to find what elastix cannot use.
+
+    Some parameter values are known to be wrong only to elastix (a component name that does
+    not exist, an interpolation order it does not have). The run calls this once, before its
+    output folder is touched, when ``register.elastix`` overrides the paper's parameters.
+
+    Raises
+    ------
+    ValueError
+        Naming ``register.elastix`` and what elastix said.
+    """
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.random((128, 128)).astype(np.float32), (0, 0), 3.0)
+    moved = np.roll(texture, (1, 2), axis=(0, 1))
+    try:
+        register_elastix(moved, texture, None, translation(0.0, 0.0), parameters)
+    except RegistrationError as exc:
+        raise ValueError(f"register.elastix: elastix cannot register a clean test pair with these parameters "
+                         f"({exc}); check the values in register.elastix") from exc

@@ -91,6 +91,9 @@ class Stack:
         ``None`` when the metadata did not say and the user did not either.
     names : list of str or None
         Per-slice file names when the input had them (TIFF folders).
+    voxel_size_source : str or None
+        Where ``voxel_size`` came from (a tag, a header field, ``"command line"``), for
+        ``amst info`` and the output's metadata; ``None`` when the voxel size is unknown.
     """
 
     path: Path
@@ -99,6 +102,7 @@ class Stack:
     voxel_size: VoxelSize | None
     names: list[str] | None = None
     kind: str = "stack"
+    voxel_size_source: str | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -125,7 +129,20 @@ class Stack:
             "dtype": str(self.dtype),
             "slices": self.shape[0],
             "voxel_size": self.voxel_size.to_dict() if self.voxel_size else None,
+            "voxel_size_source": self.voxel_size_source if self.voxel_size else None,
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """What an output records about its input: format, voxel-size source, extra choices.
+
+        Returns
+        -------
+        dict
+            ``input_kind`` and ``voxel_size_source`` always; readers add what the user chose
+            (e.g. the detector channel of a Janelia ``.dat`` stack).
+        """
+        return {"input_kind": self.kind,
+                "voxel_size_source": self.voxel_size_source if self.voxel_size else "voxel size unknown"}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -64,8 +64,10 @@ class Hdf5Stack(Stack):
             if "element_size_um" in ds.attrs:
                 z, y, x = (float(v) * 1000.0 for v in ds.attrs["element_size_um"])
                 self.voxel_size = VoxelSize(z, y, x)
+                self.voxel_size_source = "HDF5 attribute element_size_um"
             elif "resolution" in ds.attrs and len(ds.attrs["resolution"]) == 3:
                 self.voxel_size = VoxelSize(*(float(v) for v in ds.attrs["resolution"]))
+                self.voxel_size_source = "HDF5 attribute resolution (nm)"
         self.dataset = dataset
         self.shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
 

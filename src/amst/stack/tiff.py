@@ -13,6 +13,7 @@ import numpy as np
 import tifffile
 
 from .base import Stack, StackError, VoxelSize, check_dtype, natural_sort_key, unit_to_nm
+from .vendor_tiff import VendorTiffInfo, content_rows, vendor_info
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,24 @@ def _resolution_nm(tif: tifffile.TiffFile) -> tuple[float | None, float | None, 
 
     spacing = ij.get("spacing")
     return (factor * float(spacing) if spacing else None, per_pixel(yres), per_pixel(xres))
+
+
+def resolution_with_source(tif: tifffile.TiffFile) -> tuple[tuple[float | None, float | None, float | None],
+                                                             str | None, VendorTiffInfo]:
+    """(z, y, x) pixel size in nm of an open TIFF, where it came from, and the vendor tag's info.
+
+    A microscope's own tag (Zeiss 34118, FEI 34682) wins over ImageJ/OME metadata; z is
+    known only from ImageJ ``spacing`` or OME ``PhysicalSizeZ``.
+    """
+    vendor = vendor_info(tif)
+    found = _resolution_nm(tif)
+    if vendor.pixel_nm is not None:
+        return (found[0], *vendor.pixel_nm), vendor.source, vendor
+    if found[1] is None and found[2] is None:
+        return found, None, vendor
+    source = "OME-XML PhysicalSize" if tif.ome_metadata and _ome_xml_voxel_size(tif.ome_metadata) else (
+        "ImageJ metadata" if tif.imagej_metadata else "TIFF XResolution/YResolution (cm)")
+    return found, source, vendor
 
 
 def _ome_xml_voxel_size(xml: str) -> tuple[float | None, float | None, float | None] | None:
@@ -129,6 +148,8 @@ class TiffFolderStack(Stack):
         self.bad: dict[int, str] = {}
         shapes, dtypes = [], []
         first_res: tuple = (None, None, None)
+        self.voxel_size_source = None
+        self.data_bar: dict[int, int] = {}  # slice -> rows of image content (FEI data bar below)
         for z, p in enumerate(self.files):
             try:
                 with tifffile.TiffFile(p) as tif:
@@ -136,10 +157,17 @@ class TiffFolderStack(Stack):
                     end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
                     if end > p.stat().st_size or (page.dataoffsets and not all(page.databytecounts)):
                         raise ValueError(f"file is truncated ({p.stat().st_size} bytes, image data needs {end})")
-                    shapes.append(tuple(page.shape))
+                    res, source, vendor = resolution_with_source(tif)
+                    shape = tuple(page.shape)
+                    if len(shape) == 2:
+                        rows = content_rows(vendor, shape[0], str(p))
+                        if rows != shape[0]:
+                            self.data_bar[z] = rows
+                            shape = (rows, shape[1])
+                    shapes.append(shape)
                     dtypes.append(np.dtype(page.dtype))
                     if z == 0 or first_res == (None, None, None):
-                        first_res = _resolution_nm(tif)
+                        first_res, self.voxel_size_source = res, source
             except Exception as exc:  # tifffile raises many types for corrupt files
                 if not skip_bad:
                     raise StackError(f"{p}: slice {z} cannot be read as TIFF ({exc}); replace the file, "
@@ -180,6 +208,11 @@ class TiffFolderStack(Stack):
         self.allow_pad = allow_pad
         self.shape = (len(self.files), canvas[0], canvas[1])
         self.voxel_size = _combine_voxel(first_res)
+        self.voxel_axes_from_file = "zyx" if first_res[0] else "yx"
+        if self.data_bar:
+            log.info("%s: %d slice(s) carry an FEI data bar below the image; it is cropped (e.g. %s keeps %d rows)",
+                     self.path, len(self.data_bar), self.names[next(iter(self.data_bar))],
+                     next(iter(self.data_bar.values())))
 
     def _warn_numbering_gaps(self) -> None:
         """Log missing indices in the numbering (a slice lost during export, e.g. s_11 of s_10..s_12)."""
@@ -209,6 +242,8 @@ class TiffFolderStack(Stack):
                 return np.zeros(self.shape[1:], dtype=self.dtype)
             raise StackError(f"{path}: slice {z} cannot be read ({exc}); replace the file, "
                              "or pass --skip-bad to continue with it marked missing") from exc
+        if z in self.data_bar:
+            img = img[: self.data_bar[z]]
         if img.shape != self.shape[1:]:
             canvas = np.zeros(self.shape[1:], dtype=self.dtype)
             canvas[: img.shape[0], : img.shape[1]] = img
@@ -222,6 +257,7 @@ class TiffFolderStack(Stack):
         d["shape_mismatches"] = [{"name": n, "shape_yx": list(s), "offset_yx": [0, 0]} for n, s in self.mismatched]
         d["unreadable"] = [{"name": self.names[z], "error": e} for z, e in self.bad.items()]
         d["numbering_gaps"] = [list(g) for g in getattr(self, "numbering_gaps", [])]
+        d["data_bar_cropped"] = [{"name": self.names[z], "image_rows": r} for z, r in self.data_bar.items()]
         return d
 
 
@@ -237,7 +273,7 @@ class MultiPageTiffStack(Stack):
                 series = tif.series[0]
                 shape = tuple(series.shape)
                 dtype = np.dtype(series.dtype)
-                res = _resolution_nm(tif)
+                res, self.voxel_size_source, vendor = resolution_with_source(tif)
         except Exception as exc:
             raise StackError(f"{self.path}: cannot read as TIFF ({exc})") from exc
         shape = tuple(s for s in shape if s != 1) if len(shape) > 3 else shape
@@ -245,9 +281,12 @@ class MultiPageTiffStack(Stack):
             shape = (1, *shape)
         if len(shape) != 3:
             raise StackError(f"{self.path}: expected a (z, y, x) grey stack, found shape {shape}")
+        self.content_rows = content_rows(vendor, int(shape[1]), str(self.path))
+        shape = (shape[0], self.content_rows, shape[2])
         self.shape = shape  # type: ignore[assignment]
         self.dtype = check_dtype(dtype, str(self.path))
         self.voxel_size = _combine_voxel(res)
+        self.voxel_axes_from_file = "zyx" if res[0] else "yx"
 
     def _array(self) -> Any:
         if getattr(self, "_handle", None) is None:
@@ -259,8 +298,13 @@ class MultiPageTiffStack(Stack):
 
     def _read(self, z: int) -> np.ndarray:
         arr = self._array()
-        data = np.asarray(arr[z] if arr.ndim == 3 else arr[:]).reshape(self.shape[1:])
-        return data
+        rows = getattr(self, "content_rows", self.shape[1])
+        if arr.ndim == 3:
+            return np.asarray(arr[z, :rows])
+        if arr.ndim == 2:
+            return np.asarray(arr[:rows])
+        data = np.asarray(arr[:]).reshape(len(self), -1, self.shape[2])[z]
+        return data[:rows]
 
 
 class TiffFolderWriter:

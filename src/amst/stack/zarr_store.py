@@ -146,6 +146,7 @@ class OmeZarrStack(Stack):
             factors = [unit_to_nm(units[a]) if units.get(a) else None for a in _SPATIAL]
             if all(f is not None for f in factors):
                 self.voxel_size = VoxelSize(*(s * f for s, f in zip(scale, factors)))  # type: ignore[operator]
+                self.voxel_size_source = "OME-Zarr multiscales coordinateTransformations scale"
             else:
                 log.warning("%s: scale %s has no units; voxel size unknown, pass --voxel-size", self.path, scale)
 
@@ -170,8 +171,11 @@ def downsample_2x(image: np.ndarray) -> np.ndarray:
 _KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
 
 
+NGFF_VERSIONS = ("0.4", "0.5")
+
+
 class OmeZarrWriter:
-    """Writes an OME-Zarr image (NGFF 0.4, Zarr v2 layout) slice by slice.
+    """Writes an OME-Zarr image slice by slice: NGFF 0.4 (Zarr v2) or 0.5 (Zarr v3).
 
     Chunks are one slice in z, so slices are written independently and in parallel.
     Metadata (axes, voxel size in ``coordinateTransformations``) is written by the
@@ -187,15 +191,25 @@ class OmeZarrWriter:
         Number of levels including full resolution (1 = no pyramid).
     chunk_yx : int
         Chunk edge in y and x.
+    ngff_version : str
+        ``"0.4"`` (default; what most viewers read) or ``"0.5"`` (Zarr v3; chunk keys keep the
+        ``level/z/y/x`` layout of 0.4, the v3 ``v2`` chunk-key encoding).
+    provenance : dict, optional
+        Stored as the ``amst`` attribute of the image group (input format, voxel-size source,
+        the chosen channel).
     """
 
     kind = "zarr"
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], dtype: Any,
                  voxel_size: VoxelSize | None = None, pyramid_levels: int = 1,
-                 chunk_yx: int = 1024, mode: str = "w"):
-        from ome_zarr.format import FormatV04
+                 chunk_yx: int = 1024, mode: str = "w", ngff_version: str = "0.4",
+                 provenance: dict[str, Any] | None = None):
+        from ome_zarr.format import FormatV04, FormatV05
         from ome_zarr.writer import write_multiscales_metadata
+
+        if ngff_version not in NGFF_VERSIONS:
+            raise ValueError(f"output.ngff_version: {ngff_version!r} is not allowed; use one of {', '.join(NGFF_VERSIONS)}")
 
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
@@ -207,7 +221,7 @@ class OmeZarrWriter:
             group = zarr.open_group(str(self.path), mode="r+")
             self.arrays = [group[str(i)].with_config(_KEEP_EMPTY_CHUNKS) for i in range(levels)]
             return
-        group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
+        group = zarr.open_group(str(self.path), mode="w", zarr_format=2 if ngff_version == "0.4" else 3)
         self.arrays = []
         datasets = []
         h, w = self.shape[1:]
@@ -227,7 +241,10 @@ class OmeZarrWriter:
         axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in _SPATIAL]
         if voxel_size is None:
             axes = [{"name": a, "type": "space"} for a in _SPATIAL]
-        write_multiscales_metadata(group, datasets, fmt=FormatV04(), axes=axes, name=self.path.stem)
+        fmt = FormatV04() if ngff_version == "0.4" else FormatV05()
+        write_multiscales_metadata(group, datasets, fmt=fmt, axes=axes, name=self.path.stem)
+        if provenance:
+            group.attrs["amst"] = provenance
 
     def write(self, z: int, image: np.ndarray) -> None:
         """Write slice ``z`` at every pyramid level."""
