@@ -320,13 +320,16 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
 @click.option("--warp-z-scale", type=float, default=None,
               help="Depth (px) over which membranes bend sideways [default 45]; larger: structures slide less "
                    "with depth, so content-based pre-alignment drifts less.")
+@click.option("--autofocus-at", cls=_NumbersOption, default=None, metavar="Z [Z ...]", type=_Numbers(int),
+              help="Also place auto-focus events at these slices (consecutive slices: one event), e.g. the "
+                   "first or last few.  [default: none]")
 @click.option("--out-format", type=click.Choice(["tiff", "zarr"]), default="tiff", show_default=True)
 @click.option("--clean", is_flag=True, help="Also write the undistorted noise-free volume.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier amst synth output in OUT (only the files amst wrote there).")
-def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z_scale, out_format, clean,
-          workers, overwrite) -> None:
+def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z_scale, autofocus_at, out_format,
+          clean, workers, overwrite) -> None:
     """Write a synthetic FIB-SEM stack with exact ground truth to OUT."""
     from tqdm import tqdm
 
@@ -334,7 +337,7 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z
 
     cfg = SynthConfig(shape=tuple(shape), preset=preset, seed=seed, dtype=dtype,
                       voxel_size=VoxelSize.from_values(*voxel_size), marks=False if no_marks else None,
-                      texture=texture, warp_z_scale=warp_z_scale)
+                      texture=texture, warp_z_scale=warp_z_scale, autofocus_at=tuple(autofocus_at or ()))
     t0 = time.perf_counter()
     with tqdm(total=shape[0], desc="synth", unit="slice") as bar:
         synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update,

@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -34,6 +31,9 @@ from .stack import Stack, VoxelSize, check_output_fits, create_writer, open_stac
 from .template import sliding_templates, window_bounds
 from .transform import at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
+from .executors import in_process_limits, make_executor, sigint_ignored, single_threaded_libraries
+from .fallbacks import FallbackWatch, RunError
+from .journal import drop_missing_output, journal_entry, open_output_stack, read_journal, slice_file_sizes
 from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
                      mark_complete, read_ownership, refuse_overlap, unknown_files, write_ownership)
 from .warp import warp_slice
@@ -41,10 +41,6 @@ from .warp import warp_slice
 log = logging.getLogger("amst")
 
 STAGES = ("read", "prealign", "template", "register", "warp", "write")
-
-
-class RunError(RuntimeError):
-    """The run stopped on a result it must not hand over as aligned data (the message says why)."""
 
 
 @dataclass
@@ -179,22 +175,6 @@ def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], p
     return False
 
 
-def _journal_entry(journal: Path, z: int) -> Path:
-    return journal / f"{z:07d}.json"
-
-
-def _read_journal(journal: Path, n: int) -> dict[int, dict[str, Any]]:
-    done = {}
-    for z in range(n):
-        p = _journal_entry(journal, z)
-        if p.exists():
-            try:
-                done[z] = json.loads(p.read_text())
-            except json.JSONDecodeError:  # a torn entry is not a finished slice
-                p.unlink()
-    return done
-
-
 # -- the worker ----------------------------------------------------------------------------
 
 def _mostly_nonfinite(raw: np.ndarray) -> bool:
@@ -237,38 +217,6 @@ def process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
     """
     single_threaded_libraries()
     return _process_block(job, first, last)
-
-
-def single_threaded_libraries() -> None:
-    """Limit OpenCV and BLAS to one thread in this process, and leave it so.
-
-    The limits are process-wide. Setting them and restoring them around each block raced
-    when a Dask worker ran two blocks on two threads (one block's restore let the other
-    run multi-threaded, in another summation order); setting them once and never
-    restoring is the same for every thread. :func:`_in_process_limits` restores them for
-    a run computed in the caller's own process.
-    """
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)
-    threadpool_limits(1)
-
-
-@contextmanager
-def _in_process_limits() -> Iterator[None]:
-    """Single-threaded libraries for a run computed in this process, restored afterwards."""
-    import cv2
-    from threadpoolctl import ThreadpoolController
-
-    threads = cv2.getNumThreads()
-    controller = ThreadpoolController()
-    with controller.limit(limits=1):
-        cv2.setNumThreads(1)
-        try:
-            yield
-        finally:
-            cv2.setNumThreads(threads)
 
 
 def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
@@ -321,7 +269,7 @@ def _process_block(job: _Job, first: int, last: int) -> list[dict[str, Any]]:
         entry["timings"] = timings[z]
         if writer is not None:
             entry["output_bytes"] = slice_file_sizes(writer, z)
-        atomic_write_text(_journal_entry(job.journal, z), json.dumps(entry))
+        atomic_write_text(journal_entry(job.journal, z), json.dumps(entry))
         results.append(entry)
         t_start = time.perf_counter()
     # template_time holds the pre-alignment warps of the whole window; charge them per slice.
@@ -412,102 +360,6 @@ def _blocks(todo: list[int], size: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def _executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None]]:
-    """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster."""
-    if cfg.execution.scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(cfg.execution.scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ValueError(f"--scheduler {cfg.execution.scheduler}: cannot reach the Dask scheduler ({exc}); "
-                             "check the address and that the scheduler is running") from exc
-        return client, lambda abort=False: client.close()
-    if cfg.execution.cluster == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as exc:
-            raise ValueError("execution.cluster: slurm needs dask-jobqueue (pip install 'amst[slurm]')") from exc
-        from distributed import Client
-
-        options = dict(cfg.execution.slurm)
-        jobs = int(options.pop("jobs", 1))
-        cluster = SLURMCluster(**options)
-        cluster.scale(jobs=jobs)
-        client = Client(cluster)
-
-        def close(abort: bool = False) -> None:
-            client.close()
-            cluster.close()
-
-        return client, close
-    if workers <= 1:
-        return None, lambda abort=False: None
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                               initargs=(os.getpid(),))
-
-    def close(abort: bool = False) -> None:
-        if abort:
-            # Ctrl-C: a running block may take a minute (elastix); its slices are journaled only
-            # once written, so stopping the workers now loses nothing. The pool has no public
-            # way to stop running tasks, hence its process table.
-            processes = list(getattr(pool, "_processes", {}).values())
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.join()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-    return pool, close
-
-
-def _worker_init(parent_pid: int) -> None:
-    """Start of each local worker process: die with the parent, leave Ctrl-C to the parent.
-
-    A SIGKILLed ``amst run`` cannot shut its pool down; without this its workers stayed
-    alive. On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG);
-    elsewhere a daemon thread polls the parent's pid.
-    """
-    import signal
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(2.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="amst-parent-watch").start()
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C in this process while the block runs (worker processes started in it inherit that)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _prealigned_transforms(stack: Stack, prealigned: Stack, workers: int) -> Transforms:
     """Pre-alignment taken from a stack aligned elsewhere: its canvas, and the translation
     from each of its slices to the same raw slice."""
@@ -585,7 +437,7 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
     protected = {"the input": stack.path, "the --prealigned stack": prealigned_stack and prealigned_stack.path,
                  "the config file": Path(config) if isinstance(config, (str, Path)) else None}
     # Everything that can be refused is checked, and the scheduler reached, before OUT is touched.
-    executor, close = _executor(cfg, default_workers(cfg.execution.workers))
+    executor, close = make_executor(cfg, default_workers(cfg.execution.workers))
     interrupted = False
     try:
         _probe_backend(executor, cfg)
@@ -683,7 +535,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                    "pyramid_levels": cfg.output.pyramid_levels, "ngff_version": cfg.output.ngff_version,
                    "provenance": stack.provenance()}
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
-    writer, created = _open_output_stack(writer_spec, resuming)
+    writer, created = open_output_stack(writer_spec, resuming)
     write_ownership(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
     passes = cfg.register.passes
     level = template_level(cfg.register.backend, cfg.register.fast, canvas)
@@ -700,9 +552,9 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
         final = pass_index == passes
         journal = state / ("journal" if final else f"journal_pass{pass_index}")
         journal.mkdir(parents=True, exist_ok=True)
-        done = _read_journal(journal, n) if resuming else {}
+        done = read_journal(journal, n) if resuming else {}
         if final and done:
-            done = _drop_missing_output(done, writer, journal, everything=created)
+            done = drop_missing_output(done, writer, journal, everything=created)
         todo = [z for z in range(n) if z not in done]
         block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
         job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
@@ -711,7 +563,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
             log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
         results = dict(done)
         per_pass.append(len(todo))
-        watch = _FallbackWatch(cfg.register.max_fallback_fraction, n - sum(s.status == "blank" for s in pre_tf.slices),
+        watch = FallbackWatch(cfg.register.max_fallback_fraction, n - sum(s.status == "blank" for s in pre_tf.slices),
                                cfg.register.backend, pass_index)
         for e in done.values():
             watch.add(e)
@@ -769,119 +621,9 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-"
 
 
-@dataclass
-class _FallbackWatch:
-    """Stops a pass as soon as more than ``limit`` of the non-blank slices have fallen back.
-
-    A registration may fail on a few slices (too little texture, a template with no
-    overlap); when many do, the cause is almost always the setup (wrong parameters, a
-    broken back-end, a pre-alignment off by far), and the output would be a stack of
-    pre-aligned slices labelled as aligned.
-    """
-
-    limit: float
-    total: int
-    backend: str
-    pass_index: int
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    def add(self, entry: dict[str, Any]) -> None:
-        if entry["status"] != "fallback":
-            return
-        reason = str(entry["metrics"].get("reason", "unknown"))
-        key = reason.split(" (")[0][:120]
-        self.reasons[key] = self.reasons.get(key, 0) + 1
-        count = sum(self.reasons.values())
-        if self.limit < 1.0 and count > self.limit * self.total:
-            top = sorted(self.reasons.items(), key=lambda kv: -kv[1])[:3]
-            raise RunError(
-                f"pass {self.pass_index}: {count} of {self.total} non-blank slices fell back to the pre-alignment "
-                f"(more than register.max_fallback_fraction = {self.limit:g}); most common reasons: "
-                + "; ".join(f"{v} x '{k}'" for k, v in top)
-                + f". Likely cause: {_likely_cause(top[0][0], self.backend)} To accept a run with this many "
-                "fallbacks, set register.max_fallback_fraction: 1.0 in the config.")
-
-
-def _likely_cause(reason: str, backend: str) -> str:
-    if reason.startswith("registration failed"):
-        return f"the {backend} back-end's parameters (register.{backend}) or its installation."
-    if "template covers" in reason or "no overlap" in reason:
-        return "a pre-alignment that places slices far apart (check the ROI / --prealign method)."
-    if "non-finite" in reason:
-        return "NaN/inf pixels in the input (a conversion problem)."
-    if "resemble" in reason or "similarity" in reason:
-        return "slices that do not resemble their templates: a wrong pre-alignment, or --median-radius too large."
-    return "the registration checks (register.max_scale_change, max_shear, max_shift_px) reject most corrections."
-
-
-def _open_output_stack(spec: dict[str, Any], resuming: bool) -> tuple[Any, bool]:
-    """The run's output stack, and whether it was created now (nothing of it is on disk yet):
-    reopened when resuming, created (again) when missing or unreadable.
-
-    The folder is the run's own (checked before), so a store damaged beyond reopening is
-    created anew; the journal check then recomputes every slice it no longer holds.
-    """
-    if resuming and Path(spec["path"]).exists():
-        try:
-            return create_writer(**spec, mode="a"), False
-        except (KeyError, ValueError, OSError, TypeError) as exc:
-            log.warning("%s cannot be reopened (%s: %s); creating it anew", spec["path"], type(exc).__name__, exc)
-    return create_writer(**spec, mode="w"), True
-
-
-def _drop_missing_output(done: dict[int, dict[str, Any]], writer: Any, journal: Path,
-                         everything: bool = False) -> dict[int, dict[str, Any]]:
-    """Journal entries whose slice is no longer on disk, whole, are not done: they are recomputed
-    (all of them when ``everything``: the output stack was just created anew)."""
-    missing = [z for z in sorted(done) if everything or not slice_on_disk(writer, z, done[z].get("output_bytes"))]
-    if missing:
-        log.warning("%d slice(s) listed as done are missing or damaged in %s (e.g. %s); recomputing them",
-                    len(missing), writer.path, ", ".join(str(z) for z in missing[:10]))
-        for z in missing:
-            _journal_entry(journal, z).unlink(missing_ok=True)
-    return {z: e for z, e in done.items() if z not in set(missing)}
-
-
-def _slice_files(writer: Any, z: int) -> list[Path]:
-    """The files that hold slice ``z`` of the writer's stack (TIFF: one; OME-Zarr: every chunk of
-    the slice at every level, v2 ``z/y/x`` keys; the writer stores empty chunks too)."""
-    if getattr(writer, "kind", None) == "tiff":
-        return [writer.path / writer.names[z]]
-    files = []
-    for i, arr in enumerate(writer.arrays):
-        _, h, w = arr.shape
-        _, ch, cw = arr.chunks
-        files += [writer.path / str(i) / str(z) / str(cy) / str(cx) for cy in range(-(-h // ch))
-                  for cx in range(-(-w // cw))]
-    return files
-
-
-def slice_file_sizes(writer: Any, z: int) -> list[int] | None:
-    """Byte sizes of the files that hold slice ``z`` (recorded in the journal when it is written);
-    None for single-file outputs, whose size does not depend on the slice."""
-    if hasattr(writer, "has_slice"):
-        return None
-    return [p.stat().st_size for p in _slice_files(writer, z)]
-
-
-def slice_on_disk(writer: Any, z: int, expected_bytes: list[int] | None = None) -> bool:
-    """True when every file that holds slice ``z`` exists, is not empty, and (when the journal
-    recorded them) has the size it had when it was written."""
-    if hasattr(writer, "has_slice"):  # a single file holds every slice (MRC, ImageJ hyperstack)
-        return writer.has_slice(z)
-    files = _slice_files(writer, z)
-    try:
-        sizes = [p.stat().st_size for p in files]
-    except FileNotFoundError:
-        return False
-    if expected_bytes is not None:
-        return sizes == list(expected_bytes)
-    return all(size > 0 for size in sizes)
-
-
 def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iterator[list[dict[str, Any]]]:
     if executor is None:
-        with _in_process_limits():
+        with in_process_limits():
             for a, b in blocks:
                 yield process_block(job, a, b)
         return
@@ -893,7 +635,7 @@ def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iter
         for fut in dask_completed(futures):
             yield fut.result()
         return
-    with _sigint_ignored():  # workers start while submitting: they inherit the ignored SIGINT
+    with sigint_ignored():  # workers start while submitting: they inherit the ignored SIGINT
         futures = [executor.submit(process_block, job, a, b) for a, b in blocks]
     for fut in as_completed(futures):
         yield fut.result()
@@ -958,4 +700,4 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     return out
 
 
-__all__ = ["align", "apply", "AlignResult", "RunError", "process_block", "slice_on_disk"]
+__all__ = ["align", "apply", "AlignResult", "RunError", "process_block"]

@@ -160,10 +160,29 @@ def jitter_residual(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.nda
     numpy.ndarray
         (n,) px; NaN where the shift is NaN.
     """
-    shifts = np.asarray(shift_xy, dtype=float)
+    return np.linalg.norm(jitter_shift(shift_xy, window), axis=1)
+
+
+def jitter_shift(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.ndarray:
+    """The shift to the previous slice minus its running median along z: the part that
+    changes from slice to slice (:func:`jitter_residual` is its length).
+
+    Parameters
+    ----------
+    shift_xy : numpy.ndarray
+        (n, 2) shift of each slice to the previous one in px; NaN where not measured.
+    window : int
+        Slices in the running median (odd).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 2) px; NaN where the shift is NaN.
+    """
+    shifts = np.asarray(shift_xy, dtype=float).reshape(-1, 2)
     n = len(shifts)
     if n == 0:
-        return np.zeros(0)
+        return np.zeros((0, 2))
     half = window // 2
     padded = np.pad(shifts, ((half, half), (0, 0)), mode="constant", constant_values=np.nan)
     windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (n, 2, window)
@@ -172,7 +191,7 @@ def jitter_residual(shift_xy: np.ndarray, window: int = JITTER_WINDOW) -> np.nda
     if valid.any():
         with np.errstate(all="ignore"):
             slow[valid] = np.nanmedian(windows[valid], axis=1)
-    return np.linalg.norm(shifts - slow, axis=1)
+    return shifts - slow
 
 
 def choose_crops(image: np.ndarray, size: int = 512, count: int = 2, covered: np.ndarray | None = None) -> list[Crop]:

@@ -20,7 +20,8 @@ from ..imageops import saturate
 from ..outdir import OwnedEntry, atomic_write_text, claim_output, mark_complete
 from ..stack import StackError, VoxelSize, create_writer
 from ..transform import to_list
-from .acquisition import AcquisitionParams, Curtains, SliceAcquisition, add_noise, simulate_acquisition
+from .acquisition import (AcquisitionParams, Curtains, SliceAcquisition, add_noise, autofocus_runs,
+                          simulate_acquisition)
 from .phantom import Phantom, PhantomParams
 
 __all__ = ["PRESETS", "SynthConfig", "synthesize", "load_ground_truth", "Phantom", "AcquisitionParams"]
@@ -49,6 +50,7 @@ class SynthConfig:
     marks: bool | None = None
     texture: str | None = None
     warp_z_scale: float | None = None  # None: the phantom's default (see PhantomParams)
+    autofocus_at: tuple[int, ...] = ()  # extra auto-focus events at these slices (AcquisitionParams)
 
     def phantom_params(self) -> PhantomParams:
         params = PhantomParams(**PRESETS[self.preset]["phantom"])
@@ -61,7 +63,9 @@ class SynthConfig:
         return params
 
     def acquisition_params(self) -> AcquisitionParams:
-        return AcquisitionParams(**PRESETS[self.preset]["acquisition"])
+        params = AcquisitionParams(**PRESETS[self.preset]["acquisition"])
+        params.autofocus_at = tuple(int(z) for z in self.autofocus_at)
+        return params
 
     @property
     def z_step(self) -> float:
@@ -82,7 +86,8 @@ class SynthConfig:
         phantom = doc.get("phantom", {})
         return cls(shape=tuple(doc["shape_zyx"]), preset=doc["preset"], seed=doc["seed"], dtype=doc["dtype"],
                    voxel_size=VoxelSize.from_dict(doc["voxel_size"]), marks=phantom.get("marks"),
-                   texture=phantom.get("texture"), warp_z_scale=phantom.get("warp_z_scale"))
+                   texture=phantom.get("texture"), warp_z_scale=phantom.get("warp_z_scale"),
+                   autofocus_at=tuple(doc.get("acquisition", {}).get("autofocus_at", ())))
 
 
 def _load_texture(path: str) -> np.ndarray:
@@ -210,6 +215,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
         raise ValueError(f"unknown out_format {out_format!r}; use tiff or zarr")
     out = Path(out)
     n, h, w = cfg.shape
+    autofocus_runs(cfg.autofocus_at, n)  # refuses slices outside the stack before OUT is touched
     suffix = ".zarr" if out_format == "zarr" else ""
     names = [f"slice_{z:05d}.tif" for z in range(n)]
     kind = "zarr" if out_format == "zarr" else "tiff"

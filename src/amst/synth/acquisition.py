@@ -5,7 +5,9 @@ trend, jitter, rare large jumps), auto-focus events that change the pixel size o
 three slices (anisotropic scale and shear about the top centre, so the error grows with
 distance from the top, as in the paper's Fig. 2), brightness/contrast flicker, and
 curtaining streaks that persist over many slices. Noise is Poisson shot noise plus
-Gaussian read noise.
+Gaussian read noise. ``autofocus_at`` adds auto-focus events at chosen slices (the stack's
+first or last slices, say), drawn from their own random stream, so that the rest of the
+acquisition, and the bytes of a stack without them, stay the same.
 """
 
 from __future__ import annotations
@@ -34,9 +36,17 @@ class AcquisitionParams:
     read_noise: float = 0.01
     curtains_per_1000px: float = 12.0
     curtain_amplitude: tuple[float, float] = (0.03, 0.12)
+    # Slices that get an auto-focus event on top of the random ones; consecutive slices form
+    # one event (its scale decays along it, as in a random one).
+    autofocus_at: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The parameters as a plain dict; ``autofocus_at`` only when set (ground_truth.json
+        of a stack without placed events stays byte for byte the same)."""
+        out = asdict(self)
+        if not self.autofocus_at:
+            del out["autofocus_at"]
+        return out
 
 
 @dataclass
@@ -89,6 +99,8 @@ def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: Acqui
                 linear[k] = np.array([[1 + sx * decay, shear * decay], [0.0, 1 + sy * decay]])
                 af_at[k] = True
             z += max(length + 1, int(p.autofocus_interval * rng.uniform(0.7, 1.3)))
+    if p.autofocus_at:
+        _place_autofocus(linear, af_at, p, seed)
 
     centre = np.array([w / 2.0, 0.0])  # the beam is focused on the top (the marks)
     gains = 1.0 + rng.normal(0, p.flicker_gain, n_slices)
@@ -101,6 +113,51 @@ def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: Acqui
         events = (["autofocus"] if af_at[z] else []) + (["jump"] if jump_at[z] else [])
         out.append(SliceAcquisition(m, float(gains[z]), float(offsets[z]), events))
     return out
+
+
+def autofocus_runs(slices: tuple[int, ...] | list[int], n_slices: int) -> list[list[int]]:
+    """Runs of consecutive slices in ``slices`` (each run is one auto-focus event).
+
+    Parameters
+    ----------
+    slices : sequence of int
+        Slice indices, in any order; duplicates count once.
+    n_slices : int
+        The stack depth.
+
+    Returns
+    -------
+    list of list of int
+        Sorted runs, e.g. ``[[0, 1], [98, 99]]`` for ``(99, 0, 1, 98)``.
+
+    Raises
+    ------
+    ValueError
+        When a slice lies outside ``0 .. n_slices - 1``.
+    """
+    runs: list[list[int]] = []
+    for z in sorted({int(v) for v in slices}):
+        if not 0 <= z < n_slices:
+            raise ValueError(f"autofocus_at: slice {z} is outside the stack's {n_slices} slices "
+                             f"(0..{n_slices - 1}); give slice indices inside the stack")
+        if runs and runs[-1][-1] == z - 1:
+            runs[-1].append(z)
+        else:
+            runs.append([z])
+    return runs
+
+
+def _place_autofocus(linear: np.ndarray, af_at: np.ndarray, p: AcquisitionParams, seed: int) -> None:
+    """Add the events of ``p.autofocus_at`` to ``linear`` / ``af_at`` (in place), replacing
+    a random event's distortion on the slices they share."""
+    rng = np.random.default_rng([seed, 4])  # its own stream: the random acquisition is unchanged
+    for run in autofocus_runs(p.autofocus_at, len(linear)):
+        sx, sy = rng.uniform(*p.autofocus_scale, 2) * rng.choice([-1, 1], 2)
+        shear = rng.uniform(-p.autofocus_shear, p.autofocus_shear)
+        for k, z in enumerate(run):
+            decay = 1.0 - 0.3 * min(k, 2)
+            linear[z] = np.array([[1 + sx * decay, shear * decay], [0.0, 1 + sy * decay]])
+            af_at[z] = True
 
 
 class Curtains:

@@ -1,0 +1,144 @@
+"""Where a run's blocks execute: this process, a local process pool, or a Dask cluster.
+
+The process-wide settings each place needs (one library thread per worker, Ctrl-C left to
+the main process, workers that die with it) live here, next to the pools that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+from typing import Any, Callable, Iterator
+
+from .config import RunConfig
+
+
+def single_threaded_libraries() -> None:
+    """Limit OpenCV and BLAS to one thread in this process, and leave it so.
+
+    The limits are process-wide. Setting them and restoring them around each block raced
+    when a Dask worker ran two blocks on two threads (one block's restore let the other
+    run multi-threaded, in another summation order); setting them once and never
+    restoring is the same for every thread. :func:`in_process_limits` restores them for
+    a run computed in the caller's own process.
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    threadpool_limits(1)
+
+
+@contextmanager
+def in_process_limits() -> Iterator[None]:
+    """Single-threaded libraries for a run computed in this process, restored afterwards."""
+    import cv2
+    from threadpoolctl import ThreadpoolController
+
+    threads = cv2.getNumThreads()
+    controller = ThreadpoolController()
+    with controller.limit(limits=1):
+        cv2.setNumThreads(1)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(threads)
+
+
+def make_executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None]]:
+    """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster."""
+    if cfg.execution.scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(cfg.execution.scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ValueError(f"--scheduler {cfg.execution.scheduler}: cannot reach the Dask scheduler ({exc}); "
+                             "check the address and that the scheduler is running") from exc
+        return client, lambda abort=False: client.close()
+    if cfg.execution.cluster == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ValueError("execution.cluster: slurm needs dask-jobqueue (pip install 'amst[slurm]')") from exc
+        from distributed import Client
+
+        options = dict(cfg.execution.slurm)
+        jobs = int(options.pop("jobs", 1))
+        cluster = SLURMCluster(**options)
+        cluster.scale(jobs=jobs)
+        client = Client(cluster)
+
+        def close(abort: bool = False) -> None:
+            client.close()
+            cluster.close()
+
+        return client, close
+    if workers <= 1:
+        return None, lambda abort=False: None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+
+    def close(abort: bool = False) -> None:
+        if abort:
+            # Ctrl-C: a running block may take a minute (elastix); its slices are journaled only
+            # once written, so stopping the workers now loses nothing. The pool has no public
+            # way to stop running tasks, hence its process table.
+            processes = list(getattr(pool, "_processes", {}).values())
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    return pool, close
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Start of each local worker process: die with the parent, leave Ctrl-C to the parent.
+
+    A SIGKILLed ``amst run`` cannot shut its pool down; without this its workers stayed
+    alive. On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG);
+    elsewhere a daemon thread polls the parent's pid.
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="amst-parent-watch").start()
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C in this process while the block runs (worker processes started in it inherit that)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
