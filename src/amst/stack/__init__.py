@@ -15,7 +15,7 @@ from typing import Any
 
 from .base import Stack, StackError, VoxelSize, natural_sort_key
 from .hdf5 import HDF5_SUFFIXES, Hdf5Stack
-from .janelia_dat import DAT_SUFFIX, JaneliaDatStack, list_dat_folder
+from .janelia_dat import DAT_SUFFIX, JaneliaDatStack
 from .mrc import MRC_SUFFIXES, MrcStack, MrcWriter
 from .n5 import N5_SUFFIX, N5Stack, is_n5
 from .tiff import MultiPageTiffStack, TiffFolderStack, TiffFolderWriter, list_tiff_folder

@@ -14,7 +14,7 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32
 # Length units as they appear in ImageJ, OME-XML and OME-Zarr metadata, in nanometres.
 _UNIT_TO_NM = {
     "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "um": 1e3, "µm": 1e3, "\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "um": 1e3, "µm": 1e3, "\u03bcm": 1e3, "micron": 1e3, "microns": 1e3,
     "micrometer": 1e3, "micrometre": 1e3,
     "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
     "pm": 1e-3, "picometer": 1e-3,
@@ -148,6 +148,16 @@ class Stack:
         state = self.__dict__.copy()
         state.pop("_handle", None)
         return state
+
+
+def pad_to_canvas(image: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """``image`` on a zero canvas of ``shape_yx``, raw pixel (x, y) kept at (x, y): padded at the
+    bottom/right (``--allow-pad``); returned unchanged when it already has that shape."""
+    if image.shape == tuple(shape_yx):
+        return image
+    canvas = np.zeros(shape_yx, dtype=image.dtype)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    return canvas
 
 
 def check_dtype(dtype: np.dtype, where: str) -> np.dtype:

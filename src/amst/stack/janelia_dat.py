@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Stack, StackError, VoxelSize, natural_sort_key
+from .base import Stack, StackError, VoxelSize, natural_sort_key, pad_to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +265,7 @@ class JaneliaDatStack(Stack):
                 raise
             log.warning("%s: slice %d is truncated; treated as missing (blank)", self.files[z], z)
             return np.zeros(self.shape[1:], dtype=self.dtype)
-        if img.shape != self.shape[1:]:
-            canvas = np.zeros(self.shape[1:], dtype=self.dtype)
-            canvas[: img.shape[0], : img.shape[1]] = img
-            img = canvas
-        return img
+        return pad_to_canvas(img, self.shape[1:])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

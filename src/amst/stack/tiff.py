@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .base import Stack, StackError, VoxelSize, check_dtype, natural_sort_key, unit_to_nm
+from .base import Stack, StackError, VoxelSize, check_dtype, natural_sort_key, pad_to_canvas, unit_to_nm
 from .vendor_tiff import VendorTiffInfo, content_rows, vendor_info
 
 log = logging.getLogger(__name__)
@@ -244,11 +244,7 @@ class TiffFolderStack(Stack):
                              "or pass --skip-bad to continue with it marked missing") from exc
         if z in self.data_bar:
             img = img[: self.data_bar[z]]
-        if img.shape != self.shape[1:]:
-            canvas = np.zeros(self.shape[1:], dtype=self.dtype)
-            canvas[: img.shape[0], : img.shape[1]] = img
-            img = canvas
-        return img
+        return pad_to_canvas(img, self.shape[1:])
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
