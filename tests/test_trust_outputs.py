@@ -485,3 +485,62 @@ def test_elastix_parameters_elastix_cannot_use_leave_no_output(dataset, tmp_path
 def test_median_radius_zero_is_refused():
     with pytest.raises(ValueError, match="median_radius.*>= 1"):
         amst.config.build_config(median_radius=0)
+
+
+# -- found by the second adversarial pass ----------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", ["1/.zarray", "0/00/0/0", "0/c/0/0/0"])
+def test_overwrite_refuses_arrays_and_keys_amst_did_not_write_in_its_store(dataset, run_dir, tmp_path, extra):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    target = out / "aligned.zarr" / extra
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("{}" if extra.endswith(".zarray") else "mine")
+    with pytest.raises(OutputError, match=Path(extra).parts[0]):
+        amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, overwrite=True, median_radius=3)
+    assert target.exists()
+
+
+def test_resume_rewrites_the_ome_metadata_of_its_store(dataset, run_dir, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    (out / "aligned.zarr" / ".zattrs").unlink()
+    res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False)
+    assert res.recomputed == 0
+    assert open_stack(out / "aligned.zarr").voxel_size.z == 8.0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_resume_recreates_a_damaged_hyperstack(dataset, tmp_path, damage):
+    out = tmp_path / "r"
+    first = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="tiff-stack",
+                       passes=1)
+    expected = tifffile.imread(first.output_stack)
+    data = first.output_stack.read_bytes()
+    first.output_stack.write_bytes(data[:1000] if damage == "truncate" else b"\0" * 8 + data[8:])
+    res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="tiff-stack",
+                     passes=1)
+    assert res.recomputed == 16
+    np.testing.assert_array_equal(tifffile.imread(res.output_stack), expected)
+
+
+def test_a_tiff_run_of_the_older_layout_can_be_overwritten(dataset, tmp_path):
+    out = tmp_path / "r"
+    amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="tiff", passes=1)
+    (out / ".amst" / "owner.json").unlink()  # as written before the marker existed
+    (out / "notes.txt").write_text("mine")
+    amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="tiff", passes=1,
+               overwrite=True, median_radius=3)
+    assert (out / "notes.txt").read_text() == "mine" and len(list((out / "aligned").iterdir())) == 16
+
+
+def test_apply_writes_the_voxel_size_of_the_run(dataset, tmp_path, caplog):
+    run = amst.align(dataset / "raw", tmp_path / "r", backend="fast", workers=1, progress=False, passes=1,
+                     voxel_size=(10.0, 2.0, 2.0))
+    with caplog.at_level("WARNING"):
+        out = amst.apply(run.out / "transforms.json", dataset / "raw", tmp_path / "ch2.zarr", progress=False)
+    assert open_stack(out).voxel_size.z == 10.0 and open_stack(out).voxel_size.x == 2.0
+    assert any("voxel size" in m for m in caplog.messages)
+    out = amst.apply(run.out / "transforms.json", dataset / "raw", tmp_path / "ch3.zarr", progress=False,
+                     voxel_size=amst.stack.VoxelSize(8.0, 5.0, 5.0))
+    assert open_stack(out).voxel_size.z == 8.0

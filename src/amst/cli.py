@@ -437,7 +437,7 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
     stack_name = "prealigned.zarr" if out_format == "zarr" else "prealigned"
     entries = [OwnedEntry("transforms.json", "file")]
     if write_stack:
-        entries.append(OwnedEntry(stack_name, out_format))
+        entries.append(OwnedEntry(stack_name, out_format, ("0",) if out_format == "zarr" else ()))
     outp = Path(out)
     ownership = claim_output(outp, kind="prealign", entries=entries, overwrite=overwrite,
                              protected={"the input": stack.path, "the config file": config_file})
@@ -515,6 +515,9 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
         t0 = time.perf_counter()
         page = build_report(out)
         click.echo(f"report: {page} ({time.perf_counter() - t0:.1f} s)")
+        from .transforms_io import load_transforms
+
+        res.transforms = load_transforms(Path(out) / "transforms.json")  # now with the residual's flags (check)
     counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
@@ -543,13 +546,16 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
 @click.option("--pattern", default=None)
 @click.option("--dataset", default=None)
 @click.option("--workers", type=int, default=None)
+@click.option("--channel", type=int, default=None, help="Detector channel of a multi-channel input (.dat, OME-Zarr).")
 @click.option("--overwrite", is_flag=True)
-def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, workers, overwrite) -> None:
-    """Re-apply saved TRANSFORMS to another channel or label stack INPUT."""
+@_voxel_option
+def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, workers, channel, overwrite,
+              voxel_size) -> None:
+    """Re-apply saved TRANSFORMS to another channel or label stack INPUT (voxel size: the run's)."""
     from .pipeline import apply
 
     path = apply(transforms, input, out, order=order, out_format=out_format, workers=workers, overwrite=overwrite,
-                 pattern=pattern, dataset=dataset)
+                 pattern=pattern, dataset=dataset, channel=channel, voxel_size=_voxel(voxel_size))
     click.echo(f"wrote {path}")
 
 

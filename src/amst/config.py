@@ -45,7 +45,7 @@ class TemplateConfig:
     second_pass_from: str = "prealigned"
     outlier_distortion_px: float = 1.0
     balanced: bool = False   # a slice left out of a window also takes out its mirror partner
-    ends: str = "shrink"     # mirror | shrink: the window at the stack ends (see amst.template)
+    ends: str = "shrink"     # mirror | shrink | extend: the window at the stack ends (see amst.template)
 
 
 @dataclass
@@ -122,7 +122,7 @@ class RunConfig:
         if self.input.channel is not None and self.input.channel < 0:
             raise ValueError(f"input.channel: {self.input.channel} must be >= 0 (0 is the first channel)")
         _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
-        _choice("template.ends", self.template.ends, ("mirror", "shrink"))
+        _choice("template.ends", self.template.ends, ("mirror", "shrink", "extend"))
         if math.isnan(self.template.outlier_distortion_px):
             raise ValueError("template.outlier_distortion_px: nan must be a number (0 or less: leave no slice out)")
         if self.template.median_radius < 1:

@@ -18,14 +18,14 @@ def run_demo(out: Path, backend: str = "elastix", workers: int | None = None,
     ``out`` must be new, empty, or an earlier demo's folder (replaced: only what the demo
     wrote there is removed); anything else is refused.
     """
-    from .outdir import OwnedEntry, claim_output
+    from .outdir import OwnedEntry, claim_output, mark_complete
     from .pipeline import align
     from .quality.ground_truth import slice_errors
     from .stack import VoxelSize
     from .synth import SynthConfig, load_ground_truth, synthesize
 
-    claim_output(out, kind="demo", entries=[OwnedEntry("data", "owned"), OwnedEntry("amst", "owned")],
-                 overwrite=False, replace_own=True)
+    ownership = claim_output(out, kind="demo", entries=[OwnedEntry("data", "owned"), OwnedEntry("amst", "owned")],
+                             overwrite=False, replace_own=True)
     t0 = time.perf_counter()
     data = out / "data"
     synthesize(data, SynthConfig(shape=DEMO_SHAPE, seed=2, voxel_size=VoxelSize(8.0, 5.0, 5.0)), workers=workers)
@@ -59,6 +59,7 @@ def run_demo(out: Path, backend: str = "elastix", workers: int | None = None,
     echo(f"{'method':<10}{'median':>9}{'p95':>9}{'auto-focus slices':>19}{'time (s)':>10}")
     for name, r in rows.items():
         echo(f"{name:<10}{r['median']:>9.3f}{r['p95']:>9.3f}{r['autofocus']:>19.3f}{r['seconds']:>10.1f}")
+    mark_complete(out, ownership)
     tm, am = rows["TM only"], rows["AMST"]
     if np.isfinite(tm["autofocus"]) and am["autofocus"] > 0:
         echo(f"\nAuto-focus slices (pixel size changed, a translation cannot fit them): AMST's error is "

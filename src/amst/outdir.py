@@ -104,8 +104,22 @@ def read_ownership(folder: str | Path) -> Ownership | None:
         except (OSError, ValueError, KeyError, TypeError):
             return None
     if (folder / STATE_DIR / "state.json").is_file():
-        return Ownership("run", list(_LEGACY_RUN_ENTRIES), (folder / "transforms.json").is_file())
+        entries = list(_LEGACY_RUN_ENTRIES)
+        names = _legacy_tiff_names(folder / "transforms.json")
+        if names:
+            entries.append(OwnedEntry("aligned", "tiff", names))
+        return Ownership("run", entries, (folder / "transforms.json").is_file())
     return None
+
+
+def _legacy_tiff_names(transforms: Path) -> tuple[str, ...]:
+    """The slice files of an older TIFF run: its slice names, as its TIFF writer named them."""
+    try:
+        doc = json.loads(transforms.read_text())
+        names = [str(s["name"]) for s in doc["slices"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return tuple(n if n.lower().endswith((".tif", ".tiff")) else f"{Path(n).stem}.tif" for n in names)
 
 
 def write_ownership(folder: str | Path, ownership: Ownership) -> None:
@@ -172,7 +186,7 @@ def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
         return beside + [p for e in inner.entries for p in _unknown_in_entry(root, e)] + \
             _unknown_in_entry(root, OwnedEntry(STATE_DIR, "state"))
     if entry.kind == "zarr":
-        return _unknown_in_zarr(root, skip)
+        return _unknown_in_zarr(root, skip, set(entry.names))
     if entry.kind == "tiff":
         names = set(entry.names) | {f".{n}.partial" for n in entry.names}
         return [p for p in sorted(root.iterdir()) if p.name not in skip
@@ -194,9 +208,10 @@ def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
     return [root]
 
 
-def _unknown_in_zarr(root: Path, skip: set[str]) -> list[Path]:
-    """Files of a Zarr group that are not the group's metadata, its level arrays' metadata,
-    or chunks of those arrays inside their chunk grid (v2 ``z/y/x`` or v3 ``c/z/y/x`` keys)."""
+def _unknown_in_zarr(root: Path, skip: set[str], arrays: set[str]) -> list[Path]:
+    """Files of a Zarr group that are not the group's metadata, the metadata of the level
+    arrays amst wrote (``arrays``; any level when empty, for markers that predate the list),
+    or chunks of those arrays inside their chunk grid."""
     unknown: list[Path] = []
     for p in sorted(root.iterdir()):
         if p.name in skip:
@@ -206,11 +221,16 @@ def _unknown_in_zarr(root: Path, skip: set[str]) -> list[Path]:
         elif p.is_file():
             if p.name not in _ZARR_GROUP_META:
                 unknown.append(p)
-        elif _DIGITS.match(p.name):
+        elif _is_index(p.name) and (not arrays or p.name in arrays):
             unknown += _unknown_in_zarr_array(p)
         else:
             unknown.append(p)
     return unknown
+
+
+def _is_index(name: str) -> bool:
+    """A chunk or level index as zarr spells it: digits without leading zeros."""
+    return bool(_DIGITS.match(name)) and str(int(name)) == name
 
 
 def _unknown_in_zarr_array(array: Path) -> list[Path]:
@@ -222,9 +242,9 @@ def _unknown_in_zarr_array(array: Path) -> list[Path]:
         elif p.is_file():
             if p.name not in _ZARR_ARRAY_META:
                 unknown.append(p)
-        elif p.name == "c":  # v3 chunk keys: c/z/y/x
+        elif p.name == "c" and (array / "zarr.json").is_file():  # v3 default chunk keys: c/z/y/x
             unknown += _unknown_chunks(p, grid, 0, [])
-        elif _DIGITS.match(p.name):  # v2 chunk keys with "/": z/y/x
+        elif _is_index(p.name):  # chunk keys with "/": z/y/x
             unknown += _unknown_chunks(p, grid, 1, [int(p.name)])
         else:
             unknown.append(p)
@@ -242,7 +262,7 @@ def _unknown_chunks(node: Path, grid: list[int] | None, depth: int, index: list[
         return [node]
     unknown: list[Path] = []
     for p in sorted(node.iterdir()):
-        if not _DIGITS.match(p.name):
+        if not _is_index(p.name):
             unknown.append(p)
         else:
             unknown += _unknown_chunks(p, grid, depth + 1, [*index, int(p.name)])

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from concurrent.futures import as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +28,7 @@ from .prealign.xcorr import PhaseCorrelation
 from .register import RegistrationError, check_result, distortion_px, register, sampled_ncc, template_level
 from .register.fast import level_image, level_shape
 from .stack import Stack, VoxelSize, check_output_fits, create_writer, open_stack
-from .template import sliding_templates, window_bounds
+from .template import ends_in_pass, sliding_templates, window_bounds
 from .transform import at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
 from .executors import in_process_limits, make_executor, sigint_ignored, single_threaded_libraries
@@ -135,7 +135,8 @@ def _run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -
     from .stack import output_is_file
 
     fmt = cfg.output.out_format
-    output = (OwnedEntry(_output_name(cfg), "zarr") if fmt == "zarr"
+    levels = tuple(str(i) for i in range(cfg.output.pyramid_levels))
+    output = (OwnedEntry(_output_name(cfg), "zarr", levels) if fmt == "zarr"
               else OwnedEntry(_output_name(cfg), "file") if output_is_file(fmt)
               else OwnedEntry(_output_name(cfg), "tiff", tuple(tiff_names)))
     return [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
@@ -557,8 +558,10 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
             done = drop_missing_output(done, writer, journal, everything=created)
         todo = [z for z in range(n) if z not in done]
         block = cfg.execution.block_size or int(np.clip(np.ceil(len(todo) / (2 * workers)), 8, 64))
+        # template.ends "extend" mirrors in pass 1 (amst.template.ends_in_pass).
+        pass_cfg = replace(cfg, template=replace(cfg.template, ends=ends_in_pass(cfg.template.ends, pass_index)))
         job = _Job(stack, prealigned_stack, prealign_affines, template_affines, start_affines, excluded, canvas,
-                   cfg, writer_spec if final else None, journal, level)
+                   pass_cfg, writer_spec if final else None, journal, level)
         if done:
             log.info("pass %d: resuming, %d of %d slices already done", pass_index, len(done), n)
         results = dict(done)
@@ -645,7 +648,8 @@ def _map_blocks(executor: Any, job: _Job, blocks: list[tuple[int, int]]) -> Iter
 
 def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: str = "cubic",
           out_format: str | None = None, workers: int | None = None, overwrite: bool = False,
-          pattern: str | None = None, dataset: str | None = None, progress: bool = True) -> Path:
+          pattern: str | None = None, dataset: str | None = None, channel: int | None = None,
+          voxel_size: VoxelSize | None = None, progress: bool = True) -> Path:
     """Re-apply the affines of ``transforms.json`` to another stack (channel, labels).
 
     Parameters
@@ -656,6 +660,9 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
         ``out_format`` says)
     order : ``nearest`` keeps label values exactly; ``cubic`` reproduces a run's output
         bit for bit when applied to the same raw input.
+    channel : detector channel of a multi-channel input (Janelia ``.dat``, OME-Zarr).
+    voxel_size : overrides the voxel size written; by default the run's (``transforms.json``),
+        else the input's. A run's and an input's that differ by more than 1 % are warned about.
 
     Returns
     -------
@@ -667,7 +674,11 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     if order not in ("cubic", "linear", "nearest"):
         raise ValueError(f"order: {order!r} is not allowed; use cubic, linear or nearest (labels)")
     tf = load_transforms(transforms)
-    stack = open_stack(input, pattern=pattern, dataset=dataset)
+    stack = open_stack(input, pattern=pattern, dataset=dataset, channel=channel)
+    out_voxel = voxel_size or tf.voxel_size or stack.voxel_size
+    if voxel_size is None and tf.voxel_size and stack.voxel_size and not _same_voxel(tf.voxel_size, stack.voxel_size):
+        log.warning("%s says the voxel size is %s, %s says %s; writing the run's (pass --voxel-size to choose)",
+                    transforms, tf.voxel_size, input, stack.voxel_size)
     if len(stack) != len(tf.slices):
         raise ValueError(f"{input} has {len(stack)} slices but {transforms} has {len(tf.slices)}; they must match")
     shape_yx = tuple(int(v) for v in stack.shape[1:])
@@ -685,9 +696,8 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     protected = {"the input": stack.path, "the transforms file": Path(transforms)}
     claim_output(out, kind="apply", entries=[OwnedEntry(".", fmt)], overwrite=overwrite, protected=protected)
     canvas = tuple(tf.canvas_shape_yx)
-    writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, stack.voxel_size or tf.voxel_size,
-                           names=stack.names)
-    ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ())))])
+    writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, out_voxel, names=stack.names)
+    ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ("0",))))])
     write_ownership(out, ownership)  # again: creating a Zarr store may have cleared the folder
 
     def one(z: int) -> None:
@@ -698,6 +708,10 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
             bar.update(1)
     mark_complete(out, ownership)
     return out
+
+
+def _same_voxel(a: VoxelSize, b: VoxelSize, tolerance: float = 0.01) -> bool:
+    return all(abs(x - y) <= tolerance * max(abs(x), abs(y)) for x, y in zip((a.z, a.y, a.x), (b.z, b.y, b.x)))
 
 
 __all__ = ["align", "apply", "AlignResult", "RunError", "process_block"]

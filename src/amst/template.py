@@ -4,12 +4,26 @@ Canvas pixels that a slice does not cover are NaN and are excluded from the medi
 (masked), never counted as zeros. Near the stack ends the window must stay centred on the
 slice in depth, or structures that move with depth pull the end slices sideways (we
 measured that bias on synthetic stacks). A truncated window (0..r for slice 0) is centred
-r/2 slices away. Two remedies are offered: ``ends="mirror"`` (slice 0 uses slices r..1, 0,
-1..r) and ``ends="shrink"`` (the window narrows symmetrically: slice 2 uses 0..4, slice 0
-only itself, so the end slices keep their pre-alignment). The mirrored window still reads
-only slices on one side, and on synthetic stacks "shrink" gave the lower p95 error
-(0.203 -> 0.192 px on 200 x 1024^2, 0.214 -> 0.194 on 100 x 2048^2), so the pipeline uses
-it by default. Stacks shorter than r + 1 slices fall back to truncation.
+r/2 slices away. Three rules are offered (``ends``):
+
+* ``"mirror"``: slice 0 uses slices r..1, 0, 1..r. Its slices all lie on one side, centred
+  about r/2 away: on 80 x 512^2 phantom stacks the event-free end slices came out 0.18 px
+  off (median; 0.11 px with ``"shrink"``), slices 1-2 up to 0.5 px.
+* ``"shrink"`` (default): the window narrows symmetrically (slice 2 uses 0..4, slice 0 only itself,
+  so the end slices keep their pre-alignment). Centred, but an auto-focus event in the
+  first or last few slices is never corrected: its template is made of itself and the
+  other distorted slices (10x the error of other events, ``benchmarks/stack_ends.py``).
+* ``"extend"``: the first pass mirrors, so that events at the ends are measured
+  and left out of the next pass's templates like any other. From the second pass on the
+  window shrinks symmetrically, and each of its slices that holds no data (left out:
+  distorted, blank, failed; or the slice itself at the very end) is replaced by the
+  nearest slice beyond the window, on the inner side, that holds data (within the full
+  radius). An end window without such slices is the ``"shrink"`` window, centred. On the
+  phantom an event on the first or last slice came to 1.7-1.8x the other events' error
+  (shrink 9-10x), three slices 3.8-4.2x (5.7x); on a 36 x 256^2 stack its first-pass mirror
+  put slices 0-7 1-2.5 px off, so it is not the default.
+
+Stacks shorter than r + 1 slices fall back to truncation.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -128,19 +142,25 @@ def masked_median(window: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return _median(members, images[0].shape)
 
 
+ENDS = ("mirror", "shrink", "extend")
+
+
 def window_members(z: int, n: int, radius: int, leave_out: bool = False,
                    ends: str = "mirror") -> list[tuple[int, int]]:
     """``(offset, slice)`` pairs of the median window of ``z`` (see the module docstring).
 
-    ``ends="mirror"`` mirrors the window at the stack ends; ``"shrink"`` narrows it
+    ``ends="mirror"`` mirrors the window at the stack ends; ``"shrink"`` (and ``"extend"``,
+    before :func:`sliding_templates` replaces its slices that hold no data) narrows it
     symmetrically instead (radius ``min(radius, z, n - 1 - z)``), so that its slices stay
     centred on ``z`` in depth. With ``leave_out`` the slice itself is left out of its own
     template, so that a distorted slice (auto-focus) does not pull it.
     """
+    if ends not in ENDS:
+        raise ValueError(f"template.ends: {ends!r} is not one of {', '.join(ENDS)}")
     if n <= radius:
         pairs = [(i - z, i) for i in range(max(0, z - radius), min(n, z + radius + 1))]
     else:
-        r = min(radius, z, n - 1 - z) if ends == "shrink" else radius
+        r = min(radius, z, n - 1 - z) if ends in ("shrink", "extend") else radius
         pairs = []
         for o in range(-r, r + 1):
             i = z + o
@@ -152,6 +172,63 @@ def window_members(z: int, n: int, radius: int, leave_out: bool = False,
     if leave_out and len(pairs) > 1:
         pairs = [(o, i) for o, i in pairs if o != 0]
     return pairs
+
+
+def ends_in_pass(ends: str, pass_index: int) -> str:
+    """The end rule a registration pass uses: ``"extend"`` mirrors in the first pass.
+
+    Parameters
+    ----------
+    ends : str
+        ``template.ends``.
+    pass_index : int
+        1 for the first pass.
+
+    Returns
+    -------
+    str
+        ``"mirror"`` for ``"extend"`` in the first pass (its templates know no distorted
+        slices yet, and a shrunk window at the very end is the slice itself, which would
+        hide an event there from the distortion test); ``ends`` otherwise.
+    """
+    return "mirror" if ends == "extend" and pass_index <= 1 else ends
+
+
+def extended_members(pairs: list[tuple[int, int]], z: int, n: int, radius: int,
+                     has_data: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """Replace the slices of a shrunk end window that hold no data (``ends="extend"``).
+
+    Parameters
+    ----------
+    pairs : list of (offset, slice)
+        :func:`window_members` of ``z`` with ``ends="extend"``.
+    z, n, radius : int
+        The slice, the stack depth, the median radius.
+    has_data : callable
+        Whether a slice holds data (False: left out of templates).
+
+    Returns
+    -------
+    list of (offset, slice)
+        ``pairs`` without its slices that hold no data, plus as many of the nearest slices
+        beyond the window on the inner side (at most ``radius`` from ``z``) that hold data.
+        A window the stack ends do not cut is returned as it is.
+
+    Examples
+    --------
+    Slices 0 and 1 distorted, slice 1's shrunk window is (0, 2); 0 is replaced by 3:
+
+    >>> extended_members([(-1, 0), (1, 2)], 1, 20, 7, lambda j: j > 1)
+    [(1, 2), (2, 3)]
+    """
+    r = min(radius, z, n - 1 - z)
+    if r == radius or n <= radius:
+        return pairs
+    kept = [(o, j) for o, j in pairs if has_data(j)]
+    step = 1 if z < n - 1 - z else -1
+    beyond = [(step * d, z + step * d) for d in range(r + 1, radius + 1) if 0 <= z + step * d < n]
+    extra = [(o, j) for o, j in beyond if has_data(j)][:len(pairs) - len(kept)]
+    return kept + extra
 
 
 def window_indices(z: int, n: int, radius: int, leave_out: bool = False, ends: str = "mirror") -> list[int]:
@@ -182,7 +259,7 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
         distorted), also leave out its mirror partner ``2 z - j``, so that the template's
         slices stay centred on ``z`` in depth (structures that move with depth would
         otherwise pull it towards the other side)
-    ends : "mirror" or "shrink", see :func:`window_members`
+    ends : "mirror", "shrink" or "extend", see :func:`window_members` and :func:`extended_members`
 
     Yields
     ------
@@ -202,6 +279,8 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
                 window.popleft()
             held = dict(window)
             pairs = window_members(z_next, n, radius, leave_out, ends)
+            if ends == "extend":
+                pairs = extended_members(pairs, z_next, n, radius, lambda j: held[j] is not None)
             if balanced:
                 missing = {o for o, j in pairs if held[j] is None}
                 pairs = [(o, j) for o, j in pairs if -o not in missing]

@@ -13,6 +13,7 @@ from scipy.ndimage import uniform_filter1d
 from ..stack import open_stack
 from ..transform import compose, decompose, invert
 from ..transforms_io import Transforms, jsonable, load_transforms
+from .flags import FlagRule, ResidualFlag, residual_flags
 from .ground_truth import slice_errors
 from .residual import Crop, SliceSweep, summarise_residual, sweep
 
@@ -29,6 +30,7 @@ class Evaluation:
     summary: dict[str, Any]
     per_slice: dict[str, list]
     truth: dict[str, Any] | None = field(default=None, repr=False)
+    flags: list[ResidualFlag] = field(default_factory=list)  # slices the residual flags (amst.quality.flags)
 
 
 def transform_parameters(tf: Transforms) -> dict[str, np.ndarray]:
@@ -114,7 +116,9 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
     -------
     Evaluation
         Slices with NaN/inf pixels are listed in ``summary["nonfinite_slices"]``; the
-        figures of those with too little finite data are NaN, never averaged in.
+        figures of those with too little finite data are NaN, never averaged in. Slices
+        with status ``ok`` whose jitter residual stands out (:func:`~amst.quality.flags.residual_flags`)
+        are in ``flags`` and ``summary["residual_flags"]``.
     """
     run = Path(run)
     tf = load_transforms(run / "transforms.json")
@@ -129,6 +133,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
     sw = sweep(stack, crops, crop_size)
     pixel_nm = tf.voxel_size.x if tf.voxel_size else None
     statuses = [s.status for s in tf.slices]
+    flags = residual_flags(sw.shift_xy, FlagRule(), frozenset(z for z, st in enumerate(statuses) if st != "ok"))
     summary: dict[str, Any] = {
         "run": str(run), "slices": len(tf.slices),
         "status_counts": {k: statuses.count(k) for k in ("ok", "fallback", "blank", "failed")},
@@ -139,6 +144,8 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         "pixel_nm": pixel_nm,
         "timings_per_slice_s": tf.extra.get("timings_per_slice_s", {}),
         "nonfinite_slices": nonfinite_slices(sw, tf, stack.shape[1] * stack.shape[2]),
+        "residual_flags": [{**f.to_dict(), "name": tf.slices[f.index].name, "message": f.message(pixel_nm)}
+                           for f in flags],
     }
     per_slice: dict[str, list] = {
         "status": statuses,
@@ -166,7 +173,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
             "drift_px_max": float(np.linalg.norm(drift - drift[0], axis=1).max()),
             "jitter_px_rms": float(np.sqrt(np.mean(np.sum(jitter ** 2, axis=1)))),
         }
-    return Evaluation(run, tf, sw, summary, per_slice, truth_doc)
+    return Evaluation(run, tf, sw, summary, per_slice, truth_doc, flags)
 
 
 def nonfinite_slices(sw: SliceSweep, tf: Transforms, slice_px: int) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
+from .flags import record_flags
 from .plots import plot_ground_truth, plot_residual, plot_transforms, save_reslice
 from .residual import MIN_FINITE_FRACTION
 
@@ -35,11 +36,24 @@ def _verdict(ev: Evaluation) -> tuple[str, str]:
     holes = len(s.get("nonfinite_slices", []))
     if holes:
         what += f"; {holes} slice(s) hold NaN/inf pixels, which are no data (listed below)"
-    if bad == 0 and px < 0.5 and not holes:
+    stand_out = s.get("residual_flags", [])
+    if stand_out:
+        what += (f"; {len(stand_out)} aligned slice(s) stand out in the residual: "
+                 + ", ".join(f"slice {f['index']} ({f['jitter_residual_px']:.2f} px)" for f in stand_out[:5])
+                 + (", ..." if len(stand_out) > 5 else ""))
+    if bad == 0 and px < 0.5 and not holes and not stand_out:
         return "good", f"All {n} slices aligned; {what} (< half a pixel)."
-    if bad <= max(1, n // 50) and px < 1.0:
-        return "warn", f"{bad} of {n} slices need a look (listed below); {what}."
+    if bad + len(stand_out) <= max(1, n // 50) and px < 1.0:
+        return "warn", f"{bad + len(stand_out)} of {n} slices need a look (listed below); {what}."
     return "bad", f"{bad} of {n} slices were not aligned by AMST; {what}. Check the flagged slices."
+
+
+def _flagged_rows(ev: Evaluation) -> list[tuple[int, str, str, str]]:
+    """(slice, name, status, reason) of every slice to look at: not ``ok``, or standing out in the residual."""
+    rows = [(z, sl.name, sl.status, str(sl.metrics.get("reason", sl.metrics.get("prealign_flag", ""))))
+            for z, sl in enumerate(ev.transforms.slices) if sl.status != "ok"]
+    rows += [(f["index"], f["name"], "ok", f["message"]) for f in ev.summary.get("residual_flags", [])]
+    return sorted(rows)
 
 
 def _refuse_links(out: Path) -> None:
@@ -81,11 +95,16 @@ def _nonfinite_section(ev: Evaluation) -> str:
 
 
 def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluation | None = None) -> Path:
-    """Write ``run/report/index.html`` (plus PNGs and ``evaluation.json``) and return its path."""
+    """Write ``run/report/index.html`` (plus PNGs and ``evaluation.json``) and return its path.
+
+    The slices whose residual stands out (``ev.flags``) are also recorded in
+    ``run/transforms.json`` as ``metrics.check`` (:func:`~amst.quality.flags.record_flags`).
+    """
     run = Path(run)
     ev = ev or evaluate_run(run, truth)
     out = run / "report"
     _refuse_links(out)
+    record_flags(run / "transforms.json", ev.flags, ev.summary["pixel_nm"])
     out.mkdir(exist_ok=True)
     s = ev.summary
     statuses = ev.per_slice["status"]
@@ -122,11 +141,11 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
     t = s.get("timings_per_slice_s") or {}
     if t:
         cards.append(("Time per slice", f"{sum(t.values()):.2f} s"))
-    flagged = [(z, st, ev.transforms.slices[z]) for z, st in enumerate(statuses) if st != "ok"]
+    flagged = _flagged_rows(ev)
     rows = "".join(
-        f"<tr><td>{z}</td><td style='text-align:left'>{html.escape(sl.name)}</td><td>{st}</td>"
-        f"<td style='text-align:left'>{html.escape(str(sl.metrics.get('reason', sl.metrics.get('prealign_flag', ''))))}</td></tr>"
-        for z, st, sl in flagged[:500])
+        f"<tr><td>{z}</td><td style='text-align:left'>{html.escape(name)}</td><td>{st}</td>"
+        f"<td style='text-align:left'>{html.escape(reason)}</td></tr>"
+        for z, name, st, reason in flagged[:500])
     cfg_text = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else "(no config.yaml)"
     crops = ", ".join(f"crop {i + 1}: x={c['x']} y={c['y']} size={c['size']}" for i, c in enumerate(s["crops"]))
     timing_rows = "".join(f"<tr><td style='text-align:left'>{k}</td><td>{v:.3f}</td></tr>" for k, v in t.items())

@@ -69,6 +69,7 @@ class ImageJStackWriter:
         self.voxel_size = voxel_size
         check_tiff_stack_fits(self.shape, self.dtype)  # type: ignore[arg-type]
         if mode == "a" and self.path.is_file():
+            self._check_reopened()
             return
         metadata: dict[str, Any] = {"axes": "ZYX", "unit": "nm"}
         kwargs: dict[str, Any] = {}
@@ -78,6 +79,17 @@ class ImageJStackWriter:
         if info:
             metadata["Info"] = info
         tifffile.imwrite(self.path, shape=self.shape, dtype=self.dtype, imagej=True, metadata=metadata, **kwargs)
+
+    def _check_reopened(self) -> None:
+        """A file reopened by a resumed run must be the hyperstack this writer makes, readable as such."""
+        try:
+            mm = tifffile.memmap(self.path, mode="r")
+            ok = mm.size == int(np.prod(self.shape)) and mm.dtype == self.dtype
+            del mm
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            raise ValueError(f"{self.path}: cannot be reopened as the run's hyperstack ({exc})") from exc
+        if not ok:
+            raise ValueError(f"{self.path}: is not a {self.shape} {self.dtype} hyperstack")
 
     def write(self, z: int, image: np.ndarray) -> None:
         """Write slice ``z`` into its bytes of the file."""

@@ -217,27 +217,32 @@ class OmeZarrWriter:
         vs = voxel_size or VoxelSize(1.0, 1.0, 1.0)
         self.voxel_size = voxel_size
         levels = max(1, int(pyramid_levels))
-        if mode == "a" and is_zarr(self.path):
-            group = zarr.open_group(str(self.path), mode="r+")
-            self.arrays = [group[str(i)].with_config(_KEEP_EMPTY_CHUNKS) for i in range(levels)]
-            return
-        group = zarr.open_group(str(self.path), mode="w", zarr_format=2 if ngff_version == "0.4" else 3)
-        self.arrays = []
-        datasets = []
+        level_shapes, datasets = [], []
         h, w = self.shape[1:]
         for level in range(levels):
-            arr = group.create_array(
-                str(level), shape=(self.shape[0], h, w), dtype=self.dtype,
-                chunks=(1, min(h, chunk_yx), min(w, chunk_yx)), fill_value=0, config=_KEEP_EMPTY_CHUNKS,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-            )
-            self.arrays.append(arr)
+            level_shapes.append((self.shape[0], h, w))
             f = 2 ** level
             datasets.append({
                 "path": str(level),
                 "coordinateTransformations": [{"type": "scale", "scale": [vs.z, vs.y * f, vs.x * f]}],
             })
             h, w = max(1, h // 2), max(1, w // 2)
+        if mode == "a" and is_zarr(self.path):
+            # A resumed run: the arrays must be the ones this run writes; the group's metadata,
+            # which nothing checks slice by slice, is written again.
+            group = zarr.open_group(str(self.path), mode="r+")
+            self.arrays = [group[str(i)].with_config(_KEEP_EMPTY_CHUNKS) for i in range(levels)]
+            for arr, shape in zip(self.arrays, level_shapes):
+                if tuple(arr.shape) != shape or arr.dtype != self.dtype:
+                    raise ValueError(f"{self.path}: array {arr.path} is {arr.shape} {arr.dtype}, expected {shape} "
+                                     f"{self.dtype}")
+        else:
+            group = zarr.open_group(str(self.path), mode="w", zarr_format=2 if ngff_version == "0.4" else 3)
+            self.arrays = [group.create_array(
+                str(level), shape=shape, dtype=self.dtype,
+                chunks=(1, min(shape[1], chunk_yx), min(shape[2], chunk_yx)), fill_value=0,
+                config=_KEEP_EMPTY_CHUNKS, chunk_key_encoding={"name": "v2", "separator": "/"},
+            ) for level, shape in enumerate(level_shapes)]
         axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in _SPATIAL]
         if voxel_size is None:
             axes = [{"name": a, "type": "space"} for a in _SPATIAL]

@@ -220,8 +220,8 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
     names = [f"slice_{z:05d}.tif" for z in range(n)]
     kind = "zarr" if out_format == "zarr" else "tiff"
     ownership = claim_output(out, kind="synth", overwrite=overwrite, protected={"the texture image": cfg.texture},
-                             entries=[OwnedEntry(f"raw{suffix}", kind, tuple(names)),
-                                      OwnedEntry(f"clean{suffix}", kind, tuple(names)),
+                             entries=[OwnedEntry(f"raw{suffix}", kind, tuple(names) if kind == "tiff" else ("0",)),
+                                      OwnedEntry(f"clean{suffix}", kind, tuple(names) if kind == "tiff" else ("0",)),
                                       OwnedEntry("ground_truth.json", "file")])
     acq = simulate_acquisition(n, (h, w), cfg.acquisition_params(), cfg.seed)
     raw_writer = create_writer(out / f"raw{suffix}", out_format, cfg.shape, cfg.dtype, cfg.voxel_size, names=names)

@@ -1,0 +1,77 @@
+"""Auto-focus events at the stack's ends: placing them (synth) and the template's end rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from amst.synth.acquisition import AcquisitionParams, autofocus_runs, simulate_acquisition
+from amst.template import ends_in_pass, extended_members, sliding_templates, window_members
+
+
+def test_autofocus_at_places_events_and_leaves_the_rest_of_the_acquisition_alone():
+    plain = simulate_acquisition(40, (64, 64), AcquisitionParams(), seed=3)
+    placed = simulate_acquisition(40, (64, 64), AcquisitionParams(autofocus_at=(0, 1, 38, 39)), seed=3)
+    for z in range(40):
+        if z in (0, 1, 38, 39):
+            assert "autofocus" in placed[z].events
+            assert np.abs(placed[z].raw_to_volume[:, :2] - np.eye(2)).max() > 1e-4
+        else:
+            np.testing.assert_array_equal(placed[z].raw_to_volume, plain[z].raw_to_volume)
+            assert placed[z].events == plain[z].events
+
+
+def test_autofocus_at_is_left_out_of_the_recorded_parameters_when_unset():
+    assert "autofocus_at" not in AcquisitionParams().to_dict()
+    assert AcquisitionParams(autofocus_at=(2,)).to_dict()["autofocus_at"] == (2,)
+    assert autofocus_runs((99, 0, 1, 98), 100) == [[0, 1], [98, 99]]
+    with pytest.raises(ValueError, match="slice 40 is outside the stack's 40 slices"):
+        autofocus_runs((0, 40), 40)
+
+
+def test_synth_cli_autofocus_at(tmp_path):
+    from amst.cli import main
+
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--shape", "6", "64", "64", "--workers", "1",
+                                       "--autofocus-at", "0", "5"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "s" / "ground_truth.json").read_text())
+    assert [s["index"] for s in doc["slices"] if "autofocus" in s["events"]] == [0, 5]
+    assert doc["acquisition"]["autofocus_at"] == [0, 5]
+    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "t"), "--shape", "6", "64", "64", "--autofocus-at", "6"])
+    assert bad.exit_code == 2 and "slice 6 is outside" in bad.output
+    assert not (tmp_path / "t").exists()
+
+
+def test_extend_is_shrink_inside_and_mirror_in_the_first_pass():
+    assert ends_in_pass("extend", 1) == "mirror" and ends_in_pass("extend", 2) == "extend"
+    assert ends_in_pass("shrink", 1) == "shrink"
+    for z in range(20):
+        assert window_members(z, 20, 7, True, "extend") == window_members(z, 20, 7, True, "shrink")
+    with pytest.raises(ValueError, match="template.ends"):
+        window_members(0, 20, 7, ends="both")
+
+
+def test_extended_members_replace_slices_without_data_from_the_inner_side():
+    valid = lambda j: j not in (0, 1, 18, 19)  # noqa: E731 - events at both ends
+    assert extended_members([(0, 0)], 0, 20, 7, valid) == [(2, 2)]
+    assert extended_members(window_members(2, 20, 7, True, "extend"), 2, 20, 7, valid) == [(1, 3), (2, 4), (3, 5),
+                                                                                         (4, 6)]
+    assert extended_members([(0, 19)], 19, 20, 7, valid) == [(-2, 17)]
+    assert extended_members([(0, 0)], 0, 20, 7, lambda j: True) == [(0, 0)]  # a clean end keeps its pre-alignment
+    inner = window_members(10, 20, 7, True, "extend")
+    assert extended_members(inner, 10, 20, 7, valid) == inner
+
+
+def test_extend_template_of_a_distorted_first_slice_is_made_of_clean_slices():
+    n, shape = 12, (4, 4)
+    slices = [np.full(shape, float(z), np.float32) for z in range(n)]
+    slices[0][:] = np.nan  # left out (distorted)
+    got = dict(sliding_templates(iter(slices), 0, n, 3, 0, 2, leave_out=True, ends="extend"))
+    np.testing.assert_array_equal(got[0], 1.0)   # slice 1, the nearest with data
+    np.testing.assert_array_equal(got[1], 2.5)   # (0 -> 3) and 2
+    old = dict(sliding_templates(iter(slices), 0, n, 3, 0, 2, leave_out=True, ends="shrink"))
+    assert np.isnan(old[0]).all()                # shrink: no template at all, the event stays
