@@ -20,8 +20,8 @@ k = 0 is the control: no events placed, only the random ones.
 
 ``--flags`` also measures the residual flag rule (:mod:`amst.quality.flags`) on every run:
 slices flagged and the largest robust z of the jitter residual among slices whose ground-truth
-error (and their neighbours') is below 0.5 px (false alarms), and, on the first seed of each
-content, the same run with one middle slice shifted by 1.5 px and re-warped (must be named).
+error (and their neighbours') is below 0.5 px (false alarms), and, on every k = 0 stack (last
+``--ends`` rule), the same run with one middle slice shifted by 1.5 px and re-warped (must be named).
 """
 
 from __future__ import annotations
@@ -141,9 +141,11 @@ def main() -> None:
                                                    {i for i, s in enumerate(res.statuses) if s != "ok"})
                             row["flagged"] = [(f.index, float(err[f.index])) for f in flags]
                             row["clean_max_z"] = clean_max_z(ev, err)
-                            text = " ".join(f"{i}({e:.1f})" for i, e in row["flagged"]) or "none"
+                            text = f"{len(flags)}: " + (" ".join(f"{i}({e:.2f})" for i, e in row["flagged"]) or "-")
                             line += f"{text[:27]:>28}{row['clean_max_z']:>12.1f}"
-                            if k == 0 and seed == args.seeds[0] and ends == args.ends[-1]:
+                            if len(text) > 27:
+                                line += f"\n    flagged slice(GT px): {text}"
+                            if k == 0 and ends == args.ends[-1]:
                                 row["misaligned"] = misaligned_check(run, data / "raw", gt, n // 2 + 3, 1.5,
                                                                      data / "mis")
                         print(line, flush=True)

@@ -72,6 +72,21 @@ def test_extend_template_of_a_distorted_first_slice_is_made_of_clean_slices():
     slices[0][:] = np.nan  # left out (distorted)
     got = dict(sliding_templates(iter(slices), 0, n, 3, 0, 2, leave_out=True, ends="extend"))
     np.testing.assert_array_equal(got[0], 1.0)   # slice 1, the nearest with data
-    np.testing.assert_array_equal(got[1], 2.5)   # (0 -> 3) and 2
+    np.testing.assert_array_equal(got[1], 1.0)   # clean: (0, 2) less 0 and its partner 2 -> itself
     old = dict(sliding_templates(iter(slices), 0, n, 3, 0, 2, leave_out=True, ends="shrink"))
     assert np.isnan(old[0]).all()                # shrink: no template at all, the event stays
+
+
+def test_extend_keeps_the_window_of_a_clean_end_slice_centred():
+    # Slices 0-2 left out (distorted, or biased by pass 1's mirror): filling the windows of the
+    # clean slices 3-5 from further in put them 2.5 px off on a 36 x 256^2 stack (seed 7).
+    n, shape = 20, (2, 2)
+    slices = [np.full(shape, float(z), np.float32) for z in range(n)]
+    for z in (0, 1, 2):
+        slices[z][:] = np.nan
+    got = dict(sliding_templates(iter(slices), 0, n, 7, 0, 8, leave_out=True, ends="extend"))
+    np.testing.assert_array_equal(got[3], 3.0)   # (0..6) less 0-2 and their partners 4-6: itself
+    np.testing.assert_array_equal(got[4], 4.0)   # 3, 5 (0-2 and 6-8 out)
+    np.testing.assert_array_equal(got[5], 5.0)   # 3, 4, 6, 7
+    np.testing.assert_array_equal(got[0], 3.0)   # distorted: the nearest slice with data, further in
+    np.testing.assert_array_equal(got[2], 4.5)   # distorted: 3, 4 and 5, 6 for 0, 1

@@ -15,13 +15,17 @@ r/2 slices away. Three rules are offered (``ends``):
   other distorted slices (10x the error of other events, ``benchmarks/stack_ends.py``).
 * ``"extend"``: the first pass mirrors, so that events at the ends are measured
   and left out of the next pass's templates like any other. From the second pass on the
-  window shrinks symmetrically, and each of its slices that holds no data (left out:
-  distorted, blank, failed; or the slice itself at the very end) is replaced by the
-  nearest slice beyond the window, on the inner side, that holds data (within the full
-  radius). An end window without such slices is the ``"shrink"`` window, centred. On the
-  phantom an event on the first or last slice came to 1.7-1.8x the other events' error
-  (shrink 9-10x), three slices 3.8-4.2x (5.7x); on a 36 x 256^2 stack its first-pass mirror
-  put slices 0-7 1-2.5 px off, so it is not the default.
+  window shrinks symmetrically; in the window of a slice that is left out itself, each slice
+  that holds no data (left out: distorted, blank, failed; or the slice itself at the very
+  end) is replaced by the nearest slice beyond the window, on the inner side, that holds
+  data (within the full radius). A slice that is not left out keeps its shrunk window
+  centred (a member without data takes its mirror partner out too; an empty window is the
+  slice itself): filling it from further in put the clean slices 3-7 of a 36 x 256^2 stack
+  (seed 7, whose pass-1 mirror left out its clean slices 0-2) 0.9-2.5 px off (0.05-0.10 px
+  now; slices 0-2 stay 1.5-2 px off, the cost of a false pass-1 detection at an end). On
+  80 x 512^2 stacks an event on the first or last slice comes to 0.2-3.1x the other events'
+  error (shrink 6.5-14x), two slices up to 11x (``benchmarks/stack_ends.py``), so it is not
+  the default.
 
 Stacks shorter than r + 1 slices fall back to truncation.
 """
@@ -231,6 +235,23 @@ def extended_members(pairs: list[tuple[int, int]], z: int, n: int, radius: int,
     return kept + extra
 
 
+def _extend_window(pairs: list[tuple[int, int]], z: int, n: int, radius: int,
+                   has_data: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """The ``"extend"`` window of ``z`` once the left-out slices are known.
+
+    A window the stack ends do not cut is returned as it is. At the ends, a slice left out
+    itself (distorted) takes :func:`extended_members`; any other keeps its shrunk window
+    centred: a member that holds no data takes its mirror partner out too, and a window
+    left empty is the slice itself (it keeps its start, as ``"shrink"`` does at the very end).
+    """
+    if n <= radius or min(radius, z, n - 1 - z) == radius:
+        return pairs
+    if not has_data(z):
+        return extended_members(pairs, z, n, radius, has_data)
+    missing = {o for o, j in pairs if not has_data(j)}
+    return [(o, j) for o, j in pairs if o not in missing and -o not in missing] or [(0, z)]
+
+
 def window_indices(z: int, n: int, radius: int, leave_out: bool = False, ends: str = "mirror") -> list[int]:
     """Slices in the median window of ``z`` (:func:`window_members` without the offsets)."""
     return [i for _, i in window_members(z, n, radius, leave_out, ends)]
@@ -280,7 +301,7 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
             held = dict(window)
             pairs = window_members(z_next, n, radius, leave_out, ends)
             if ends == "extend":
-                pairs = extended_members(pairs, z_next, n, radius, lambda j: held[j] is not None)
+                pairs = _extend_window(pairs, z_next, n, radius, lambda j: held[j] is not None)
             if balanced:
                 missing = {o for o, j in pairs if held[j] is None}
                 pairs = [(o, j) for o, j in pairs if -o not in missing]

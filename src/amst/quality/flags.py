@@ -25,7 +25,10 @@ re-warped reached robust z far above 6 and 1.5 px and was named; on clean stacks
 largest robust z among well-aligned slices was 7.2-7.6 for seed 0 (a 0.42 px residual
 at a partly corrected auto-focus event, kept out by the floor) but 32-54 for seeds 1 and 2:
 lone one-crop spikes at slices whose ground-truth error was 0.1 px (slices 0, 66, 69),
-which the every-crop condition now drops. The plain residual (which holds the sample's
+which the every-crop condition now drops. With it (``--content phantom texture --seeds 0 1 2
+--at-ends 0 --ends shrink --flags``): no slice flagged on any of the six clean stacks (largest
+robust z among aligned slices 6.0-54, all one-crop spikes), and the slice shifted by 1.5 px
+named on all six (1.47-1.56 px), the only slice flagged. The plain residual (which holds the sample's
 motion with depth) is reported with the value but not tested.
 """
 
