@@ -544,3 +544,24 @@ def test_apply_writes_the_voxel_size_of_the_run(dataset, tmp_path, caplog):
     out = amst.apply(run.out / "transforms.json", dataset / "raw", tmp_path / "ch3.zarr", progress=False,
                      voxel_size=amst.stack.VoxelSize(8.0, 5.0, 5.0))
     assert open_stack(out).voxel_size.z == 8.0
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.15])
+def test_ctrl_c_during_start_up_is_one_line(dataset, delay):
+    proc = subprocess.Popen([*AMST, "info", str(dataset / "raw")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+
+
+def test_dat_folder_with_a_pattern_not_ending_in_dat(tmp_path):
+    frame = Path(__file__).resolve().parents[2] / "shared" / "data" / "janelia_dat"
+    frames = sorted(frame.glob("*.dat")) if frame.is_dir() else []
+    if not frames:
+        pytest.skip("shared .dat frame not present")
+    for stamp in ("24-12-16_235958", "24-12-17_000003", "24-12-17_000010"):
+        shutil.copy(frames[0], tmp_path / f"Gemini500-7029_{stamp}_0-0-0.dat")
+    stack = open_stack(tmp_path, pattern="*24-12-17*")
+    assert len(stack) == 2 and stack.describe()["pattern"] == "*24-12-17*"

@@ -10,6 +10,7 @@ TIFF, MRC.
 from __future__ import annotations
 
 import logging
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,10 @@ def _is_dat_folder(folder: Path, pattern: str | None) -> bool:
     """Read a folder as ``.dat`` frames when ``--pattern`` names them, or when it holds
     ``.dat`` files and no TIFF (a TIFF folder with stray files stays a TIFF folder)."""
     if pattern is not None:
-        return pattern.lower().endswith(DAT_SUFFIX)
+        if pattern.lower().endswith(DAT_SUFFIX):
+            return True
+        matched = [p for p in folder.iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), pattern.lower())]
+        return bool(matched) and all(p.suffix.lower() == DAT_SUFFIX for p in matched)
     has_dat = any(p.suffix.lower() == DAT_SUFFIX and p.is_file() and not p.name.startswith(".")
                   for p in folder.iterdir())
     return has_dat and not list_tiff_folder(folder)

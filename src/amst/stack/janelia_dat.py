@@ -218,6 +218,7 @@ class JaneliaDatStack(Stack):
     def __init__(self, path: str | Path, channel: int | None = None, pattern: str | None = None,
                  allow_pad: bool = False, skip_bad: bool = False):
         self.path = Path(path)
+        self.pattern = pattern or f"*{DAT_SUFFIX}"
         self.files = list_dat_folder(self.path, pattern) if self.path.is_dir() else [self.path]
         if not self.files:
             raise StackError(f"{self.path}: no .dat frame matches {pattern or '*.dat'!r}; check the folder or --pattern")
@@ -270,7 +271,7 @@ class JaneliaDatStack(Stack):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         h = self.headers[0]
-        d.update({"first": self.names[0], "last": self.names[-1], "pattern": "*.dat", "dat_version": h.version,
+        d.update({"first": self.names[0], "last": self.names[-1], "pattern": self.pattern, "dat_version": h.version,
                   "channel": self.channel, "channel_name": h.detectors[self.channel],
                   "channels": list(h.detectors), "sample_id": h.sample_id, "machine_id": h.machine_id,
                   "shape_mismatches": [{"name": n, "shape_yx": list(s), "offset_yx": [0, 0]}
