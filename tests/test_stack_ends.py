@@ -90,3 +90,23 @@ def test_extend_keeps_the_window_of_a_clean_end_slice_centred():
     np.testing.assert_array_equal(got[5], 5.0)   # 3, 4, 6, 7
     np.testing.assert_array_equal(got[0], 3.0)   # distorted: the nearest slice with data, further in
     np.testing.assert_array_equal(got[2], 4.5)   # distorted: 3, 4 and 5, 6 for 0, 1
+
+
+def test_benchmark_counts_only_interior_events_as_the_other_auto_focus_slices():
+    # A random event within r of an end is an end event itself: counted among "the other
+    # auto-focus slices" it inflated their median (seed 1: 0.82 px against 0.26 px interior).
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stack_ends.py"
+    spec = importlib.util.spec_from_file_location("stack_ends_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n, radius = 40, 7
+    err = np.full(n, 0.1)
+    af = np.zeros(n, bool)
+    af[[0, 20, 35, 36, 39]] = True          # 0 and 39 placed (k = 1), 20 interior, 35-36 near the end
+    err[[0, 20, 35, 36, 39]] = [0.5, 0.2, 1.5, 1.7, 0.6]
+    got = bench.measure(err, af, 1, radius)
+    assert got["af_other"] == pytest.approx(0.2)
+    assert got["first"] == pytest.approx(0.5) and got["last"] == pytest.approx(0.6)

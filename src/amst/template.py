@@ -23,9 +23,16 @@ r/2 slices away. Three rules are offered (``ends``):
   slice itself): filling it from further in put the clean slices 3-7 of a 36 x 256^2 stack
   (seed 7, whose pass-1 mirror left out its clean slices 0-2) 0.9-2.5 px off (0.05-0.10 px
   now; slices 0-2 stay 1.5-2 px off, the cost of a false pass-1 detection at an end). On
-  80 x 512^2 stacks an event on the first or last slice comes to 0.2-3.1x the other events'
-  error (shrink 6.5-14x), two slices up to 11x (``benchmarks/stack_ends.py``), so it is not
-  the default.
+  80 x 512^2 stacks (seeds 0-2, phantom and texture) an event on the first or last slice
+  comes to 1.3-3.4x the error of the interior events (shrink 11-14x), two or three slices
+  3.9-8.4x (``benchmarks/stack_ends.py``), so it is not the default. Measured and worse: a
+  left-out end slice templated by all clean slices of the one-sided full window (phantom,
+  one slice: 5.1-5.9x, bias from motion with depth), or by that window's near half
+  extrapolated linearly from its far half (2.2-7.1x); ``"shrink"`` in pass 1 (an event on
+  slice 0 is then never found: 9.2-14x); leaving out, at the ends, also the inner neighbour
+  of a left-out slice when its pass-1 distortion exceeds half the limit (takes clean slices
+  out, whose pass-1 mirror shows 0.6-0.9 px: two slices 5.0x / 16x on phantom / texture
+  seed 0, against 2.7x / 7.5x).
 
 Stacks shorter than r + 1 slices fall back to truncation.
 """
