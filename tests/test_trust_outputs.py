@@ -546,14 +546,16 @@ def test_apply_writes_the_voxel_size_of_the_run(dataset, tmp_path, caplog):
     assert open_stack(out).voxel_size.z == 8.0
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.15])
+@pytest.mark.parametrize("delay", [0.15, 0.3])
 def test_ctrl_c_during_start_up_is_one_line(dataset, delay):
     proc = subprocess.Popen([*AMST, "info", str(dataset / "raw")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err
+    # Before the interpreter installs its handler, Ctrl-C ends the process as the signal does.
+    assert proc.returncode == -signal.SIGINT or (proc.returncode == 130 and "interrupted" in err)
 
 
 def test_dat_folder_with_a_pattern_not_ending_in_dat(tmp_path):
