@@ -26,9 +26,6 @@ STATE_DIR = ".amst"
 MARKER = "owner.json"
 FORMAT = "amst-owned"
 
-# Entry kinds: how amst recognises the files it wrote inside an entry.
-ENTRY_KINDS = ("file", "zarr", "tiff", "report", "state", "owned")
-
 _ZARR_GROUP_META = {".zgroup", ".zattrs", "zarr.json", ".zmetadata"}
 _ZARR_ARRAY_META = {".zarray", ".zattrs", "zarr.json"}
 _DIGITS = re.compile(r"^\d+$")
@@ -49,7 +46,10 @@ class OwnedEntry:
     """One thing amst writes in an owned folder.
 
     ``name`` is one path component inside the folder, or ``"."`` for the folder's own
-    content (an ``amst apply`` stack). ``names`` lists the slice files of a ``tiff`` entry.
+    content (an ``amst apply`` stack). ``kind`` says how amst recognises the files it wrote
+    inside it: ``file``, ``zarr``, ``tiff``, ``report``, ``state`` (the journal folder) or
+    ``owned`` (a sub-folder with a marker of its own). ``names`` lists the slice files of a
+    ``tiff`` entry and the level arrays of a ``zarr`` entry.
     """
 
     name: str
@@ -114,12 +114,14 @@ def read_ownership(folder: str | Path) -> Ownership | None:
 
 def _legacy_tiff_names(transforms: Path) -> tuple[str, ...]:
     """The slice files of an older TIFF run: its slice names, as its TIFF writer named them."""
+    from .stack.tiff import tiff_file_names
+
     try:
         doc = json.loads(transforms.read_text())
         names = [str(s["name"]) for s in doc["slices"]]
     except (OSError, ValueError, KeyError, TypeError):
         return ()
-    return tuple(n if n.lower().endswith((".tif", ".tiff")) else f"{Path(n).stem}.tif" for n in names)
+    return tuple(tiff_file_names(names))
 
 
 def write_ownership(folder: str | Path, ownership: Ownership) -> None:
@@ -183,8 +185,7 @@ def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
             return [root]
         claimed = {e.name for e in inner.entries} | {STATE_DIR}
         beside = [p for p in sorted(root.iterdir()) if p.name not in claimed]  # the outer entry claims the folder
-        return beside + [p for e in inner.entries for p in _unknown_in_entry(root, e)] + \
-            _unknown_in_entry(root, OwnedEntry(STATE_DIR, "state"))
+        return beside + unknown_files(root, inner)
     if entry.kind == "zarr":
         return _unknown_in_zarr(root, skip, set(entry.names))
     if entry.kind == "tiff":
@@ -298,10 +299,10 @@ def _describe(paths: list[Path], folder: Path) -> str:
     return shown + more
 
 
-def remove_owned(folder: str | Path, ownership: Ownership) -> list[Path]:
+def remove_owned(folder: str | Path, ownership: Ownership) -> None:
     """Remove the entries amst wrote in ``folder``, after proving every file in them is amst's.
 
-    Returns the paths of the user's own files left in place beside the entries.
+    The user's own files beside the entries stay where they are.
 
     Raises
     ------
@@ -315,52 +316,28 @@ def remove_owned(folder: str | Path, ownership: Ownership) -> list[Path]:
             f"{folder} holds an earlier amst {ownership.kind} output, but also files amst did not write inside it: "
             f"{_describe(unknown, folder)}. amst removes only what it wrote itself: move those files away "
             "(or choose another output path) and run again")
+    _remove_checked(folder, ownership)
+
+
+def _remove_checked(folder: Path, ownership: Ownership) -> None:
+    """Remove the entries of ``ownership`` and then its marker; :func:`unknown_files` found nothing else there."""
     for e in ownership.entries:
-        if e.name == ".":
-            _remove_own_content(folder, e)
-            continue
         root = folder / e.name
-        if e.kind == "owned" and root.is_dir():
-            inner = read_ownership(root)
+        if e.name == ".":
+            for child in folder.iterdir():
+                if child.name != STATE_DIR:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif e.kind == "owned":
+            inner = read_ownership(root) if root.is_dir() else None
             if inner is not None:
-                remove_owned(root, inner)
-                _remove_marker(root)
-                _rmdir_if_empty(root)
-            continue
-        if root.is_dir():
-            if e.kind == "state":
-                continue  # removed last: it holds the marker
+                _remove_checked(root, inner)
+                root.rmdir()  # empty: files beside its entries were refused as unknown
+        elif e.kind != "state" and root.is_dir():
             shutil.rmtree(root)
-        elif root.exists():
+        elif e.kind != "state" and root.exists():
             root.unlink()
-    _remove_marker(folder)
-    return [p for p in sorted(folder.iterdir())] if folder.is_dir() else []
-
-
-def _remove_own_content(folder: Path, entry: OwnedEntry) -> None:
-    for child in folder.iterdir():
-        if child.name == STATE_DIR:
-            continue
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _remove_marker(folder: Path) -> None:
-    state = folder / STATE_DIR
-    if state.is_dir():
-        if _unknown_in_entry(folder, OwnedEntry(STATE_DIR, "state")):
-            return
-        shutil.rmtree(state)
-
-
-def _rmdir_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-def _listing(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir())
+    if (folder / STATE_DIR).is_dir():  # last: it holds the marker
+        shutil.rmtree(folder / STATE_DIR)
 
 
 def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], overwrite: bool,
@@ -402,7 +379,7 @@ def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], o
     if out.is_dir() and any(out.iterdir()):
         found = read_ownership(out)
         if found is None:
-            listing = _listing(out)
+            listing = sorted(out.iterdir())
             raise OutputError(
                 f"{out} already holds {len(listing)} file(s) or folder(s) that amst did not write "
                 f"({_describe(listing, out)}); amst never removes files it did not write: choose a new or empty "

@@ -303,6 +303,11 @@ class MultiPageTiffStack(Stack):
         return data[:rows]
 
 
+def tiff_file_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The file each slice name becomes in a TIFF-folder output (a ``.tif`` suffix where it has none)."""
+    return [n if n.lower().endswith(_TIFF_SUFFIXES) else f"{Path(n).stem}.tif" for n in names]
+
+
 class TiffFolderWriter:
     """Writes one ImageJ TIFF per slice; each file appears only once complete.
 
@@ -330,7 +335,7 @@ class TiffFolderWriter:
         if names is not None:
             if len(names) != self.shape[0]:
                 raise ValueError(f"{len(names)} names for {self.shape[0]} slices")
-            names = [n if n.lower().endswith(_TIFF_SUFFIXES) else f"{Path(n).stem}.tif" for n in names]
+            names = tiff_file_names(names)
         self.names = names or [f"slice_{z:0{width}d}.tif" for z in range(self.shape[0])]
 
     def write(self, z: int, image: np.ndarray) -> None:
