@@ -178,9 +178,10 @@ def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], p
 
 # -- the worker ----------------------------------------------------------------------------
 
-def _mostly_nonfinite(raw: np.ndarray) -> bool:
-    """More than half of the slice is NaN/inf (float input): too little data to register."""
-    return nonfinite_count(raw) > raw.size / 2
+def _mostly_nonfinite(raw: np.ndarray, count: int | None = None) -> bool:
+    """More than half of the slice is NaN/inf (float input): too little data to register.
+    ``count``: :func:`nonfinite_count` of ``raw`` when already known."""
+    return (nonfinite_count(raw) if count is None else count) > raw.size / 2
 
 
 def _prealigned_float(image: np.ndarray, affine: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
@@ -293,7 +294,7 @@ def _register_slice(job: _Job, z: int, raw: np.ndarray, image: np.ndarray, templ
         metrics["nonfinite_pixels"] = bad_pixels
         metrics["check"] = (f"{bad_pixels} NaN/inf pixel(s) ({100 * bad_pixels / raw.size:.2g} %) in the raw slice, "
                             "treated as no data")
-    if _mostly_nonfinite(raw):
+    if _mostly_nonfinite(raw, bad_pixels):
         return {"index": z, "affine": prealigned.tolist(), "status": "fallback",
                 "metrics": {**metrics, "reason": "more than half of the raw slice is NaN/inf: too little data to "
                                                  "register; kept at its pre-alignment and out of every template"}}

@@ -48,14 +48,6 @@ def split_drift_jitter(displacement: np.ndarray, window: int = DRIFT_WINDOW) -> 
     return low, displacement - low
 
 
-def _input_shape_yx(tf: Transforms) -> tuple[int, int] | None:
-    """The raw slice shape the run recorded (transforms.json ``input.shape_yx``), if any."""
-    shape = getattr(tf, "input_shape_yx", None)
-    if shape is None and isinstance(tf.extra.get("input"), dict):
-        shape = tf.extra["input"].get("shape_yx")
-    return None if shape is None else (int(shape[0]), int(shape[1]))
-
-
 def check_truth_matches(tf: Transforms, truth: dict[str, Any], transforms_path: str | Path,
                         truth_path: str | Path) -> None:
     """Refuse ground truth that belongs to another stack than the one the run aligned.
@@ -82,7 +74,7 @@ def check_truth_matches(tf: Transforms, truth: dict[str, Any], transforms_path: 
     if n_run != n_truth:
         raise ValueError(f"{where}: the truth has {n_truth} slices, the run {n_run}; {what}")
     truth_yx = [int(v) for v in truth["shape_zyx"][1:]]
-    run_yx = _input_shape_yx(tf)
+    run_yx = tf.input_shape_yx
     if run_yx is not None and list(run_yx) != truth_yx:
         raise ValueError(f"{where}: the truth's slices are {truth_yx[0]}x{truth_yx[1]} px (y x), the run's input "
                          f"slices {run_yx[0]}x{run_yx[1]} px; {what}")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..transforms_io import Transforms, load_transforms
+from ..transforms_io import load_transforms
 from .residual import jitter_shift
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -139,13 +139,15 @@ def robust_z(values: np.ndarray) -> np.ndarray:
         return (v - median) / scale if scale > 0 else np.sign(v - median) * np.inf
 
 
-def _spikes(shift_xy: np.ndarray, rule: FlagRule) -> dict[int, tuple[int, float, float, float, bool]]:
+def _spikes(shift_xy: np.ndarray, jitter_xy: np.ndarray,
+            rule: FlagRule) -> dict[int, tuple[int, float, float, float, bool]]:
     """Residual slices that stand out: z -> (crop, jitter px, residual px, robust z, in every
-    measured crop) of the crop where it stands out most."""
+    measured crop) of the crop where it stands out most. ``jitter_xy``: the jitter shifts of
+    ``shift_xy``, crop by crop."""
     out: dict[int, tuple[int, float, float, float, bool]] = {}
     hits_per_crop = []
     for k, shifts in enumerate(shift_xy):
-        jitter = np.linalg.norm(jitter_shift(shifts), axis=1)
+        jitter = np.linalg.norm(jitter_xy[k], axis=1)
         scores = robust_z(jitter)
         plain = np.linalg.norm(shifts, axis=1)
         with np.errstate(invalid="ignore"):
@@ -158,9 +160,9 @@ def _spikes(shift_xy: np.ndarray, rule: FlagRule) -> dict[int, tuple[int, float,
     return {z: (*v[:4], bool(everywhere[z])) for z, v in out.items()}
 
 
-def _cancels(shift_xy: np.ndarray, crop: int, a: int, b: int) -> bool:
+def _cancels(jitter_xy: np.ndarray, crop: int, a: int, b: int) -> bool:
     """Do the jitter shifts at residual slices ``a`` and ``b`` (one crop) roughly cancel?"""
-    j = jitter_shift(shift_xy[crop])
+    j = jitter_xy[crop]
     if not (np.isfinite(j[a]).all() and np.isfinite(j[b]).all()):
         return False
     return bool(np.linalg.norm(j[a] + j[b]) < 0.5 * max(np.linalg.norm(j[a]), np.linalg.norm(j[b])))
@@ -198,7 +200,8 @@ def residual_flags(shift_xy: np.ndarray, rule: FlagRule = FlagRule(),
     """
     shift_xy = np.asarray(shift_xy, dtype=float)
     n = shift_xy.shape[1] if shift_xy.ndim == 3 else 0
-    spikes = _spikes(shift_xy, rule)
+    jitter_xy = np.array([jitter_shift(shifts) for shifts in shift_xy]).reshape(shift_xy.shape)
+    spikes = _spikes(shift_xy, jitter_xy, rule)
     flags: dict[int, ResidualFlag] = {}
     used: set[int] = set()
     for z in sorted(spikes):
@@ -206,7 +209,7 @@ def residual_flags(shift_xy: np.ndarray, rule: FlagRule = FlagRule(),
             continue
         crop, jitter, plain, score, everywhere = spikes[z]
         partner = next((z + m for m in range(1, rule.pair_gap + 1)
-                        if z + m in spikes and z + m not in used and _cancels(shift_xy, crop, z, z + m)), None)
+                        if z + m in spikes and z + m not in used and _cancels(jitter_xy, crop, z, z + m)), None)
         if partner is not None:
             used.add(partner)
             named, kind = list(range(z, partner)), "displaced"

@@ -208,6 +208,10 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
+# Resolved once: fast_params() validates on every slice.
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(FastParams)
+
+
 def validate_params(parameters: dict[str, Any], prefix: str = "register.fast") -> None:
     """Refuse keys that are not :class:`FastParams` fields, values of the wrong type and
     values out of range.
@@ -222,7 +226,7 @@ def validate_params(parameters: dict[str, Any], prefix: str = "register.fast") -
     ValueError
         Naming the key and what is allowed.
     """
-    hints = typing.get_type_hints(FastParams)
+    hints = _FIELD_TYPES
     for key, value in parameters.items():
         path = f"{prefix}.{key}"
         if key not in hints:
