@@ -567,3 +567,15 @@ def test_dat_folder_with_a_pattern_not_ending_in_dat(tmp_path):
         shutil.copy(frames[0], tmp_path / f"Gemini500-7029_{stamp}_0-0-0.dat")
     stack = open_stack(tmp_path, pattern="*24-12-17*")
     assert len(stack) == 2 and stack.describe()["pattern"] == "*24-12-17*"
+
+
+def test_resume_recreates_an_mrc_of_another_shape(dataset, tmp_path):
+    import mrcfile
+
+    out = tmp_path / "r"
+    first = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="mrc", passes=1)
+    expected = mrcfile.read(first.output_stack).copy()
+    mrcfile.new(first.output_stack, np.zeros((16, 20, 20), np.float32), overwrite=True).close()  # damaged
+    res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="mrc", passes=1)
+    assert res.recomputed == 16
+    np.testing.assert_array_equal(mrcfile.read(res.output_stack), expected)

@@ -173,3 +173,36 @@ def check_dtype(dtype: np.dtype, where: str) -> np.dtype:
             "(e.g. add 32768) or float32 first"
         )
     raise StackError(f"{where}: dtype {dtype} is not supported; use uint8, uint16 or float32")
+
+
+class SingleFileWriter:
+    """A stack written into one file whose pixels lie in one block at ``offset`` (MRC, an
+    ImageJ hyperstack): each slice goes into its own bytes, so workers write in parallel.
+
+    Subclasses create or reopen the file and set ``path``, ``shape``, ``dtype`` (what
+    ``write`` takes), ``file_dtype`` (how the file stores it) and ``offset``.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    file_dtype: np.dtype
+    offset: int
+
+    def write(self, z: int, image: np.ndarray) -> None:
+        """Write slice ``z`` into its bytes of the file."""
+        image = np.asarray(image)
+        if image.shape != self.shape[1:] or image.dtype != self.dtype:
+            raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
+        mm = np.memmap(self.path, dtype=self.file_dtype, mode="r+", offset=self.offset, shape=self.shape)
+        mm[z] = image
+        mm.flush()
+        del mm
+
+    def has_slice(self, z: int) -> bool:
+        """True when the file exists at its full size (one file holds every slice)."""
+        expected = self.offset + int(np.prod(self.shape, dtype=np.int64)) * self.file_dtype.itemsize
+        return self.path.is_file() and self.path.stat().st_size >= expected
+
+    def close(self) -> None:
+        """Nothing buffered: each slice is on disk once written."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Stack, StackError, VoxelSize, check_dtype
+from .base import SingleFileWriter, Stack, StackError, VoxelSize, check_dtype
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class MrcStack(Stack):
         return np.asarray(plane, dtype=self.dtype.newbyteorder("=")).astype(self.dtype, copy=False)
 
 
-class MrcWriter:
+class MrcWriter(SingleFileWriter):
     """Writes an MRC volume slice by slice; slices may be written by several processes.
 
     The file is created (sparse) with its header when the writer is made; each slice is
@@ -97,7 +97,6 @@ class MrcWriter:
     """
 
     kind = "mrc"
-    arrays: tuple = ()
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], dtype: Any,
                  voxel_size: VoxelSize | None = None, mode: str = "w", label: str | None = None):
@@ -109,7 +108,10 @@ class MrcWriter:
         mrcfile = _mrcfile()
         if mode == "a" and self.path.is_file():
             with mrcfile.mmap(self.path, mode="r") as mrc:
-                self.offset, self.file_dtype = int(mrc.data.offset), np.dtype(mrc.data.dtype)
+                found = (tuple(mrc.data.shape), np.dtype(mrc.data.dtype).newbyteorder("="))
+                self.offset = int(mrc.data.offset)
+            if found != (self.shape, self.file_dtype):  # a resumed run writes only into its own volume
+                raise ValueError(f"{self.path}: is {found[0]} {found[1]}, expected {self.shape} {self.file_dtype}")
             return
         mrc_mode = mrcfile.utils.mode_from_dtype(self.file_dtype)
         with mrcfile.new_mmap(self.path, shape=self.shape, mrc_mode=mrc_mode, overwrite=True) as mrc:
@@ -123,24 +125,3 @@ class MrcWriter:
                 mrc.header.nlabl = 1
             self.offset, self.file_dtype = int(mrc.data.offset), np.dtype(mrc.data.dtype)
 
-    def _memmap(self) -> np.memmap:
-        return np.memmap(self.path, dtype=self.file_dtype, mode="r+", offset=self.offset,
-                         shape=self.shape)
-
-    def write(self, z: int, image: np.ndarray) -> None:
-        """Write slice ``z`` into its bytes of the file."""
-        image = np.asarray(image)
-        if image.shape != self.shape[1:] or image.dtype != self.dtype:
-            raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
-        mm = self._memmap()
-        mm[z] = image
-        mm.flush()
-        del mm
-
-    def has_slice(self, z: int) -> bool:
-        """True when the file exists at its full size (a single file holds every slice)."""
-        expected = self.offset + int(np.prod(self.shape)) * self.file_dtype.itemsize
-        return self.path.is_file() and self.path.stat().st_size >= expected
-
-    def close(self) -> None:
-        """Nothing buffered: each slice is on disk once written."""

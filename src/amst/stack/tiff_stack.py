@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .base import VoxelSize
+from .base import SingleFileWriter, VoxelSize
 
 # Pixel bytes a classic TIFF can hold, less room for the page directories and metadata.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**24
@@ -43,7 +43,7 @@ def check_tiff_stack_fits(shape: tuple[int, int, int], dtype: Any) -> None:
                          "--out-format tiff (one TIFF per slice); BigTIFF is not read as a hyperstack by ImageJ")
 
 
-class ImageJStackWriter:
+class ImageJStackWriter(SingleFileWriter):
     """Writes a single ImageJ hyperstack TIFF (axes ZYX, voxel size in nm) slice by slice.
 
     Parameters
@@ -59,7 +59,6 @@ class ImageJStackWriter:
     """
 
     kind = "tiff-stack"
-    arrays: tuple = ()
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], dtype: Any,
                  voxel_size: VoxelSize | None = None, mode: str = "w", info: str | None = None):
@@ -67,6 +66,7 @@ class ImageJStackWriter:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size = voxel_size
+        self.file_dtype = self.dtype
         check_tiff_stack_fits(self.shape, self.dtype)  # type: ignore[arg-type]
         if mode == "a" and self.path.is_file():
             self._check_reopened()
@@ -79,31 +79,17 @@ class ImageJStackWriter:
         if info:
             metadata["Info"] = info
         tifffile.imwrite(self.path, shape=self.shape, dtype=self.dtype, imagej=True, metadata=metadata, **kwargs)
+        self._check_reopened()  # and learn where the pixels start
 
     def _check_reopened(self) -> None:
         """A file reopened by a resumed run must be the hyperstack this writer makes, readable as such."""
         try:
             mm = tifffile.memmap(self.path, mode="r")
             ok = mm.size == int(np.prod(self.shape)) and mm.dtype == self.dtype
+            self.offset = int(mm.offset)
             del mm
         except (OSError, ValueError, tifffile.TiffFileError) as exc:
             raise ValueError(f"{self.path}: cannot be reopened as the run's hyperstack ({exc})") from exc
         if not ok:
             raise ValueError(f"{self.path}: is not a {self.shape} {self.dtype} hyperstack")
 
-    def write(self, z: int, image: np.ndarray) -> None:
-        """Write slice ``z`` into its bytes of the file."""
-        image = np.asarray(image)
-        if image.shape != self.shape[1:] or image.dtype != self.dtype:
-            raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
-        mm = tifffile.memmap(self.path, mode="r+")
-        mm.reshape(self.shape)[z] = image
-        mm.flush()
-        del mm
-
-    def has_slice(self, z: int) -> bool:
-        """True when the file exists at its full size (a single file holds every slice)."""
-        return self.path.is_file() and self.path.stat().st_size >= tiff_stack_bytes(self.shape, self.dtype)
-
-    def close(self) -> None:
-        """Nothing buffered: each slice is on disk once written."""
