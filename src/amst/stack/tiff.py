@@ -157,7 +157,7 @@ class TiffFolderStack(Stack):
                     end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
                     if end > p.stat().st_size or (page.dataoffsets and not all(page.databytecounts)):
                         raise ValueError(f"file is truncated ({p.stat().st_size} bytes, image data needs {end})")
-                    res, source, vendor = resolution_with_source(tif)
+                    vendor = vendor_info(tif)  # every file: an FEI data bar may differ per slice
                     shape = tuple(page.shape)
                     if len(shape) == 2:
                         rows = content_rows(vendor, shape[0], str(p))
@@ -166,8 +166,8 @@ class TiffFolderStack(Stack):
                             shape = (rows, shape[1])
                     shapes.append(shape)
                     dtypes.append(np.dtype(page.dtype))
-                    if z == 0 or first_res == (None, None, None):
-                        first_res, self.voxel_size_source = res, source
+                    if z == 0 or first_res == (None, None, None):  # the voxel size: from the first that has one
+                        first_res, self.voxel_size_source, _ = resolution_with_source(tif)
             except Exception as exc:  # tifffile raises many types for corrupt files
                 if not skip_bad:
                     raise StackError(f"{p}: slice {z} cannot be read as TIFF ({exc}); replace the file, "
@@ -299,8 +299,12 @@ class MultiPageTiffStack(Stack):
             return np.asarray(arr[z, :rows])
         if arr.ndim == 2:
             return np.asarray(arr[:rows])
-        data = np.asarray(arr[:]).reshape(len(self), -1, self.shape[2])[z]
-        return data[:rows]
+        if len(self) == 1:
+            return np.asarray(arr[:]).reshape(-1, self.shape[2])[:rows]
+        # More than three axes, all but z, y, x of length 1: read slice z only.
+        index: list[Any] = [0 if n == 1 else slice(None) for n in arr.shape]
+        index[next(i for i, n in enumerate(arr.shape) if n != 1)] = z
+        return np.asarray(arr[tuple(index)])[:rows]
 
 
 def tiff_file_names(names: list[str] | tuple[str, ...]) -> list[str]:
