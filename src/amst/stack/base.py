@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
@@ -148,6 +151,27 @@ class Stack:
         state = self.__dict__.copy()
         state.pop("_handle", None)
         return state
+
+
+def common_canvas(path: Path, names: list[str], shapes: list[tuple[int, int]], allow_pad: bool,
+                  what: str = "slice(s)") -> tuple[tuple[int, int], list[tuple[str, tuple[int, int]]]]:
+    """The canvas that holds every slice, and the slices of another shape (name, shape).
+
+    Slices of another shape are refused unless ``allow_pad`` (``--allow-pad``); then they are
+    listed in a warning, and :func:`pad_to_canvas` pads them when read.
+    """
+    canvas = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    mismatched = [(n, s) for n, s in zip(names, shapes) if s != canvas]
+    more = " ..." if len(mismatched) > 8 else ""
+    if mismatched and not allow_pad:
+        listing = ", ".join(f"{n} is {s[0]}x{s[1]}" for n, s in mismatched[:8])
+        raise StackError(f"{path}: {what} differ in shape (canvas {canvas[0]}x{canvas[1]}): {listing}{more}; "
+                         "pass --allow-pad to pad them to a common canvas")
+    if mismatched:
+        listing = ", ".join(f"{n} ({s[0]}x{s[1]})" for n, s in mismatched[:8])
+        log.warning("%s: %d %s differ from the canvas %dx%d and are padded with zeros at the bottom/right: %s%s",
+                    path, len(mismatched), what, canvas[0], canvas[1], listing, more)
+    return canvas, mismatched
 
 
 def pad_to_canvas(image: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Stack, StackError, VoxelSize, natural_sort_key, pad_to_canvas
+from .base import Stack, StackError, VoxelSize, common_canvas, natural_sort_key, pad_to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,14 @@ def read_dat_channel(path: str | Path, header: DatHeader, channel: int) -> np.nd
     dtype = np.dtype(">u1" if header.eight_bit else ">i2")
     data = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES,
                      shape=(header.height, header.width, header.channels))
-    plane = np.array(data[:, :, channel])
-    del data
     if header.eight_bit:
-        return plane.astype(np.uint8)
-    return (plane.astype(np.int32) + 32768).astype(np.uint16)
+        plane = np.array(data[:, :, channel], dtype=np.uint8)
+    else:
+        # int16 v -> v + 32768 as uint16 is v's bits with the sign bit flipped: one copy, no overflow.
+        plane = data[:, :, channel].astype(np.int16).view(np.uint16)
+        plane ^= np.uint16(0x8000)
+    del data
+    return plane
 
 
 def list_dat_folder(folder: Path, pattern: str | None = None) -> list[Path]:
@@ -235,12 +238,7 @@ class JaneliaDatStack(Stack):
             raise StackError(f"{self.path}: frames mix 8-bit and 16-bit data; convert them to one type")
         self.dtype = np.dtype(np.uint8 if first.eight_bit else np.uint16)
         shapes = [(h.height, h.width) for h in self.headers]
-        canvas = (max(s[0] for s in shapes), max(s[1] for s in shapes))
-        self.mismatched = [(n, s) for n, s in zip(self.names, shapes) if s != canvas]
-        if self.mismatched and not allow_pad:
-            listing = ", ".join(f"{n} is {s[0]}x{s[1]}" for n, s in self.mismatched[:8])
-            raise StackError(f"{self.path}: frames differ in size (canvas {canvas[0]}x{canvas[1]}): {listing}; "
-                             "pass --allow-pad to pad them to a common canvas")
+        canvas, self.mismatched = common_canvas(self.path, self.names, shapes, allow_pad, "frame(s)")
         self.skip_bad = skip_bad
         self.shape = (len(self.files), *canvas)  # type: ignore[assignment]
         self.voxel_size, self.voxel_size_source = self._voxel_size()

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .base import Stack, StackError, VoxelSize, check_dtype, natural_sort_key, pad_to_canvas, unit_to_nm
+from .base import (Stack, StackError, VoxelSize, check_dtype, common_canvas, natural_sort_key, pad_to_canvas,
+                   unit_to_nm)
 from .vendor_tiff import VendorTiffInfo, content_rows, vendor_info
 
 log = logging.getLogger(__name__)
@@ -192,19 +193,7 @@ class TiffFolderStack(Stack):
             raise StackError(f"{self.path}: slices have different dtypes {groups}; convert them to one dtype")
         self.dtype = check_dtype(dtypes[0], str(self.files[0]))
         self.slice_shapes = shapes
-        canvas = (max(s[0] for s in shapes), max(s[1] for s in shapes))
-        self.mismatched = [(n, s) for n, s in zip(self.names, shapes) if s != canvas]
-        if self.mismatched and not allow_pad:
-            listing = ", ".join(f"{n} is {s[0]}x{s[1]}" for n, s in self.mismatched[:8])
-            raise StackError(
-                f"{self.path}: slices differ in shape (canvas {canvas[0]}x{canvas[1]}): {listing}"
-                f"{' ...' if len(self.mismatched) > 8 else ''}; pass --allow-pad to pad them to a common canvas"
-            )
-        if self.mismatched:
-            listing = ", ".join(f"{n} ({s[0]}x{s[1]})" for n, s in self.mismatched[:8])
-            log.warning("%s: %d slice(s) differ from the canvas %dx%d and are padded with zeros at the bottom/right: "
-                        "%s%s", self.path, len(self.mismatched), canvas[0], canvas[1], listing,
-                        " ..." if len(self.mismatched) > 8 else "")
+        canvas, self.mismatched = common_canvas(self.path, self.names, shapes, allow_pad)
         self.allow_pad = allow_pad
         self.shape = (len(self.files), canvas[0], canvas[1])
         self.voxel_size = _combine_voxel(first_res)
