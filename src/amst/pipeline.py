@@ -538,7 +538,8 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                    "provenance": stack.provenance()}
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
     writer, created = open_output_stack(writer_spec, resuming)
-    write_ownership(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
+    ownership = Ownership("run", _run_entries(cfg, getattr(writer, "names", ())))
+    write_ownership(out, ownership)
     passes = cfg.register.passes
     level = template_level(cfg.register.backend, cfg.register.fast, canvas)
     if level:
@@ -610,7 +611,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                      "input_provenance": stack.provenance()},
                     input_shape_yx=tuple(int(v) for v in stack.shape[1:]))
     tf.save(out / "transforms.json")
-    mark_complete(out, Ownership("run", _run_entries(cfg, getattr(writer, "names", ()))))
+    mark_complete(out, ownership)
     checks = [x for x in slices if x.metrics.get("check")]
     if checks:
         log.warning("%d slice(s) to inspect: %s", len(checks),

@@ -224,7 +224,7 @@ class JaneliaDatStack(Stack):
         self.pattern = pattern or f"*{DAT_SUFFIX}"
         self.files = list_dat_folder(self.path, pattern) if self.path.is_dir() else [self.path]
         if not self.files:
-            raise StackError(f"{self.path}: no .dat frame matches {pattern or '*.dat'!r}; check the folder or --pattern")
+            raise StackError(f"{self.path}: no .dat frame matches {self.pattern!r}; check the folder or --pattern")
         self.names = [p.name for p in self.files]
         self.headers = [read_dat_header(p) for p in self.files]
         first = self.headers[0]

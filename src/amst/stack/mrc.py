@@ -59,7 +59,6 @@ class MrcStack(Stack):
         if len(shape) != 3:
             raise StackError(f"{self.path}: expected a (z, y, x) MRC volume, found shape {shape}")
         self.shape = shape  # type: ignore[assignment]
-        self.stored_dtype = stored
         self.dtype = np.dtype(np.float32) if stored in _TO_FLOAT else check_dtype(stored, str(self.path))
         if all(v > 0 for v in voxel_a):
             self.voxel_size = VoxelSize(*(v / _ANGSTROM_PER_NM for v in voxel_a))

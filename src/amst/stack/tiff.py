@@ -149,7 +149,6 @@ class TiffFolderStack(Stack):
         self.bad: dict[int, str] = {}
         shapes, dtypes = [], []
         first_res: tuple = (None, None, None)
-        self.voxel_size_source = None
         self.data_bar: dict[int, int] = {}  # slice -> rows of image content (FEI data bar below)
         for z, p in enumerate(self.files):
             try:
@@ -266,8 +265,7 @@ class MultiPageTiffStack(Stack):
             shape = (1, *shape)
         if len(shape) != 3:
             raise StackError(f"{self.path}: expected a (z, y, x) grey stack, found shape {shape}")
-        self.content_rows = content_rows(vendor, int(shape[1]), str(self.path))
-        shape = (shape[0], self.content_rows, shape[2])
+        shape = (shape[0], content_rows(vendor, int(shape[1]), str(self.path)), shape[2])
         self.shape = shape  # type: ignore[assignment]
         self.dtype = check_dtype(dtype, str(self.path))
         self.voxel_size = _combine_voxel(res)
@@ -283,7 +281,7 @@ class MultiPageTiffStack(Stack):
 
     def _read(self, z: int) -> np.ndarray:
         arr = self._array()
-        rows = getattr(self, "content_rows", self.shape[1])
+        rows = self.shape[1]  # the content above an FEI data bar
         if arr.ndim == 3:
             return np.asarray(arr[z, :rows])
         if arr.ndim == 2:
