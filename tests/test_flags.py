@@ -183,15 +183,14 @@ def test_run_printout_names_a_slice_left_misaligned(tmp_path, monkeypatch):
     from amst.synth import SynthConfig, synthesize
 
     synthesize(tmp_path / "data", SynthConfig(shape=(30, 256, 256), seed=5), workers=1)
-    register = pipeline._register_slice
+    combine = pipeline._combine
 
-    def off_by_1_5(job, z, *args, **kwargs):
-        entry = register(job, z, *args, **kwargs)
-        if z == 11 and job.writer is not None:  # the final pass: what is written
-            entry["affine"] = (np.array(entry["affine"]) + [[0, 0, 1.5], [0, 0, 0]]).tolist()
-        return entry
+    def off_by_1_5(results, *args, **kwargs):
+        summary = combine(results, *args, **kwargs)
+        results[11]["affine"] = (np.array(results[11]["affine"]) + [[0, 0, 1.5], [0, 0, 0]]).tolist()  # what is written
+        return summary
 
-    monkeypatch.setattr(pipeline, "_register_slice", off_by_1_5)
+    monkeypatch.setattr(pipeline, "_combine", off_by_1_5)
     result = CliRunner().invoke(main, ["run", str(tmp_path / "data" / "raw"), str(tmp_path / "out"), "--backend",
                                        "fast", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -60,6 +60,26 @@ def test_amst_beats_translation_only_at_autofocus_slices(run, data):
     assert np.median(e_amst) < 0.5 and np.percentile(e_amst, 95) < 0.8
 
 
+def test_undistorted_slices_keep_template_matching_accuracy(run, data):
+    """The combination (amst.combine): no undistorted slice is left more than 0.1 px worse than
+    template matching alone, while plain AMST (the registration as it is) leaves many."""
+    gt = load_ground_truth(data / "ground_truth.json")
+    tf = run.transforms
+    pre = np.array([s.prealign for s in tf.slices])
+    e_pre = slice_errors(pre, gt["maps"], tf.canvas_shape_yx, (512, 480))["rms"]
+    e_amst = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, (512, 480))["rms"]
+    registered = np.array([s.metrics["registered_affine"] for s in tf.slices])
+    e_plain = slice_errors(registered, gt["maps"], tf.canvas_shape_yx, (512, 480))["rms"]
+    af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
+    print("worse than TM by > 0.1 px: combined", np.flatnonzero(e_amst - e_pre > 0.1), "plain",
+          np.flatnonzero(e_plain - e_pre > 0.1))
+    assert np.sum(e_amst[~af] - e_pre[~af] > 0.1) == 0
+    assert np.sum(e_plain[~af] - e_pre[~af] > 0.1) >= 3  # what the combination is there to prevent
+    applied = np.array([bool(s.metrics.get("linear_applied")) for s in tf.slices])
+    assert set(np.flatnonzero(applied)) <= set(np.flatnonzero(af)) and applied[af].sum() >= 2
+    assert tf.extra["combine"]["method"] == "significance" and tf.extra["combine"]["linear_applied"] == applied.sum()
+
+
 def test_apply_reproduces_run_bit_for_bit_and_keeps_labels(run, data, tmp_path):
     again = amst.apply(run.out / "transforms.json", data / "raw", tmp_path / "again", progress=False)
     a, b = open_stack(run.out / "aligned"), open_stack(again)

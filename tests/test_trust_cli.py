@@ -126,7 +126,7 @@ def test_run_help_shows_the_real_defaults():
     assert "[default: " + " ".join(str(g) for g in cfg.prealign.gaps) + "]" in text
     assert f"Output stack format. [default: {cfg.output.out_format}]" in text
     assert "Processes/threads. [default: all cores]" in text
-    assert "[default: 7]" in text and "[default: elastix]" in text  # the documented values, to the letter
+    assert "[default: 7]" in text and "[default: fast]" in text  # the documented values, to the letter
 
 
 # -- item 15: errors name the flag the user typed ---------------------------------------------------

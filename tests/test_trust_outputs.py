@@ -579,3 +579,19 @@ def test_resume_recreates_an_mrc_of_another_shape(dataset, tmp_path):
     res = amst.align(dataset / "raw", out, backend="fast", workers=1, progress=False, out_format="mrc", passes=1)
     assert res.recomputed == 16
     np.testing.assert_array_equal(mrcfile.read(res.output_stack), expected)
+
+
+def test_a_claim_killed_before_its_marker_existed_does_not_block_the_retry(tmp_path):
+    """SIGKILL between creating OUT/.amst and renaming the marker into place left a folder every
+    retry refused as foreign; only amst's own temporary marker file is cleared, nothing else."""
+    out = tmp_path / "out"
+    (out / ".amst").mkdir(parents=True)
+    (out / ".amst" / ".owner.json.partial").write_text('{"kind": "ru')
+    claim_output(out, kind="run", entries=[OwnedEntry("transforms.json", "file")], overwrite=False)
+    assert (out / ".amst" / "owner.json").is_file() and not (out / ".amst" / ".owner.json.partial").exists()
+    other = tmp_path / "other"
+    (other / ".amst").mkdir(parents=True)
+    (other / ".amst" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not write"):
+        claim_output(other, kind="run", entries=[OwnedEntry("transforms.json", "file")], overwrite=False)
+    assert (other / ".amst" / "notes.txt").read_text() == "mine"

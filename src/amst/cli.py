@@ -310,12 +310,21 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", default="fibsem-marks", show_default=True,
               type=click.Choice(["fibsem-marks", "fibsem-nomarks", "ideal"]))
-@click.option("--shape", nargs=3, type=int, default=(100, 1024, 1024), show_default=True, metavar="Z Y X")
-@click.option("--voxel-size", nargs=3, type=float, default=(8.0, 5.0, 5.0), show_default=True, metavar="Z Y X",
-              help="nm")
+@click.option("--shape", nargs=3, type=int, default=None, metavar="Z Y X",
+              help="[default: 100 1024 1024; with --from-volume the source's depth, and its slice less a "
+                   "margin of 24 px (at most 1/8 of the side) on each side]")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
+              help="nm [default: 8 5 5; with --from-volume the source's, so its slices are used as they are]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint8", show_default=True)
 @click.option("--no-marks", is_flag=True, help="No alignment marks in the platinum cap.")
+@click.option("--from-volume", "from_volume", default=None, metavar="PATH",
+              help="Real content: an aligned stack amst can read (e.g. ../shared/data/fibsem_isotropic/"
+                   "flyem_medulla_250.tif) sampled instead of the phantom, with the same acquisition model and "
+                   "exact ground truth; --preset fibsem-marks paints the marks cap over its top.")
+@click.option("--cap-height", type=float, default=None,
+              help="Fraction of the field height under the platinum cap with the marks [default 0.15]; a small "
+                   "field needs more, so that drift does not carry the marks out of view.")
 @click.option("--texture", default=None, help="Real 2-D EM image used as cytoplasm texture (e.g. real_2d/*.h5).")
 @click.option("--warp-z-scale", type=float, default=None,
               help="Depth (px) over which membranes bend sideways [default 45]; larger: structures slide less "
@@ -328,16 +337,24 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier amst synth output in OUT (only the files amst wrote there).")
-def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, texture, warp_z_scale, autofocus_at, out_format,
-          clean, workers, overwrite) -> None:
+def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, from_volume, cap_height, texture, warp_z_scale,
+          autofocus_at, out_format, clean, workers, overwrite) -> None:
     """Write a synthetic FIB-SEM stack with exact ground truth to OUT."""
     from tqdm import tqdm
 
     from .synth import SynthConfig, synthesize
+    from .synth.volume import volume_defaults
 
-    cfg = SynthConfig(shape=tuple(shape), preset=preset, seed=seed, dtype=dtype,
+    if from_volume:
+        default_shape, default_voxel = volume_defaults(from_volume, voxel_size)
+        shape = tuple(shape) if shape else default_shape
+        voxel_size = tuple(voxel_size) if voxel_size else default_voxel
+    shape = tuple(shape or (100, 1024, 1024))
+    voxel_size = tuple(voxel_size or (8.0, 5.0, 5.0))
+    cfg = SynthConfig(shape=shape, preset=preset, seed=seed, dtype=dtype,
                       voxel_size=VoxelSize.from_values(*voxel_size), marks=False if no_marks else None,
-                      texture=texture, warp_z_scale=warp_z_scale, autofocus_at=tuple(autofocus_at or ()))
+                      texture=texture, warp_z_scale=warp_z_scale, autofocus_at=tuple(autofocus_at or ()),
+                      volume=from_volume, cap_height=cap_height)
     t0 = time.perf_counter()
     with tqdm(total=shape[0], desc="synth", unit="slice") as bar:
         synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update,
@@ -521,7 +538,9 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
     counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
-    click.echo("slices computed by this run, per pass: " + " ".join(str(v) for v in res.recomputed_per_pass))
+    *registered, resampled = res.recomputed_per_pass
+    click.echo("slices computed by this run: registered per pass: " + " ".join(str(v) for v in registered)
+               + f"; resampled: {resampled}")
     click.echo("time per slice (s): " + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items()))
     info = res.transforms.extra.get("prealign_info", {})
     if info.get("fallback_reason"):
@@ -561,10 +580,10 @@ def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, worke
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False), default="amst-demo")
-@click.option("--backend", type=click.Choice(["elastix", "fast"]), default="elastix", show_default=True)
+@click.option("--backend", type=click.Choice(["elastix", "fast"]), default="fast", show_default=True)
 @click.option("--workers", type=int, default=None)
 def demo(out, backend, workers) -> None:
-    """Synthesise a small FIB-SEM stack and align it: TM only vs AMST, against ground truth."""
+    """Image a shipped crop of real FIB-SEM with known drift and align it: TM only vs AMST, against ground truth."""
     from .demo import run_demo
 
     run_demo(Path(out), backend=backend, workers=workers, echo=click.echo)

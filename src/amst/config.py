@@ -37,11 +37,14 @@ class InputConfig:
 class TemplateConfig:
     median_radius: int = 7
     leave_one_out: bool = True
-    # Pass 2 rebuilds the templates without the slices pass 1 found distorted (auto-focus
-    # events: a linear correction moving the canvas corners by more than this many px), from
-    # the pre-aligned slices ("prealigned") or from pass 1's results ("corrected"). Measured on
-    # synthetic stacks (benchmarks/accuracy.py --variants) "prealigned" with 1 px is best:
-    # pass-1 results of an event's neighbours carry the event's pull on their templates.
+    # Pass 2 rebuilds the templates from the pre-aligned slices ("prealigned") or from pass 1's
+    # results ("corrected"). Slices pass 1 found distorted (auto-focus events: a linear
+    # correction moving the canvas corners by more than outlier_distortion_px) enter pass-2
+    # templates placed by their pass-1 correction: leaving them out instead made the windows of
+    # their neighbours lopsided, and those came out 0.5-1.8 px off on the phantom (slices 21-32
+    # of `amst synth --shape 300 384 384 --seed 0`, against 0.3-0.5 px with the corrected
+    # placement). "prealigned" with 1 px is best (benchmarks/accuracy.py --variants): pass-1
+    # results of an event's neighbours carry the event's pull on their templates.
     second_pass_from: str = "prealigned"
     outlier_distortion_px: float = 1.0
     balanced: bool = False   # a slice left out of a window also takes out its mirror partner
@@ -50,7 +53,9 @@ class TemplateConfig:
 
 @dataclass
 class RegisterConfig:
-    backend: str = "elastix"
+    # fast: numpy/OpenCV Gauss-Newton affine (seconds per stack); elastix: the paper's engine
+    # and parameters (mutual information, gradient descent).
+    backend: str = "fast"
     elastix: dict[str, Any] = field(default_factory=dict)
     fast: dict[str, Any] = field(default_factory=dict)
     max_scale_change: float = 0.05
@@ -61,6 +66,12 @@ class RegisterConfig:
     passes: int = 2
     # Share of the non-blank slices that may fall back before the run stops (1.0: never stops).
     max_fallback_fraction: float = 0.2
+    # How each slice's final affine comes from its pre-alignment and its template registration
+    # (amst.combine): "significance" applies a correction only where it exceeds the run's own
+    # measured noise by `significance` (and weighs the two translations by their noise);
+    # "registration" takes the registration as it is (the paper's AMST).
+    combine: str = "significance"
+    significance: float = 6.0
 
     def validate(self) -> None:
         """Refuse back-end parameters the back-ends do not read and values that make no sense."""
@@ -73,6 +84,8 @@ class RegisterConfig:
         _in_range("register.min_ncc", self.min_ncc, -1.0, 1.0)
         _in_range("register.min_ncc_gain", self.min_ncc_gain, -2.0, 2.0)
         _in_range("register.max_fallback_fraction", self.max_fallback_fraction, 0.0, 1.0)
+        _choice("register.combine", self.combine, ("significance", "registration"))
+        _in_range("register.significance", self.significance, 0.0, math.inf, low_open=True)
 
 
 @dataclass
@@ -201,7 +214,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "xcorr_prefilter": "prealign.xcorr_prefilter", "max_features": "prealign.max_features",
     "prealigned": "prealigned", "median_radius": "template.median_radius",
     "backend": "register.backend", "passes": "register.passes",
-    "max_fallback_fraction": "register.max_fallback_fraction",
+    "max_fallback_fraction": "register.max_fallback_fraction", "combine": "register.combine",
     "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "ngff_version": "output.ngff_version", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",

@@ -376,6 +376,7 @@ def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], o
     entries = list(entries)
     if out.exists() and not out.is_dir():
         raise OutputError(f"the output {out} is a file, not a folder; choose another output path")
+    _clear_interrupted_claim(out)
     if out.is_dir() and any(out.iterdir()):
         found = read_ownership(out)
         if found is None:
@@ -405,6 +406,21 @@ def claim_output(out: str | Path, *, kind: str, entries: Iterable[OwnedEntry], o
     ownership = Ownership(kind, entries, complete=False)
     write_ownership(out, ownership)
     return ownership
+
+
+def _clear_interrupted_claim(out: Path) -> None:
+    """Remove what a claim killed before its marker existed left behind: ``out`` holding only
+    ``.amst``, and that holding nothing or only the marker's temporary file (its name is
+    amst's own, see :func:`atomic_write_text`). A SIGKILL there otherwise blocked every retry."""
+    state = out / STATE_DIR
+    if not out.is_dir() or state.is_symlink() or not state.is_dir() or [p.name for p in out.iterdir()] != [STATE_DIR]:
+        return
+    inside = list(state.iterdir())
+    partial = state / f".{MARKER}.partial"
+    if all(p == partial and p.is_file() and not p.is_symlink() for p in inside):
+        for p in inside:
+            p.unlink()
+        state.rmdir()
 
 
 def mark_complete(out: str | Path, ownership: Ownership) -> None:

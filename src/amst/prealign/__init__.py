@@ -23,7 +23,7 @@ from ..transforms_io import SliceTransform, Transforms
 from .features import SiftTranslation
 from .pairwise import measure_pairs
 from .solve import solve_positions
-from .template_matching import propose_roi_scored, track_template
+from .template_matching import propose_roi_scored, tm_noise_px, track_template
 from .xcorr import PhaseCorrelation
 
 log = logging.getLogger(__name__)
@@ -386,8 +386,12 @@ def _track(stack: Stack, cfg: PrealignConfig, roi: tuple[float, ...], roi_slice:
             f"template matching failed on {n - ok.sum()} of {n} slices (NCC below {cfg.min_score}); "
             "the ROI is probably not on the alignment marks: choose another --roi or use --prealign features"
         )
-    return PrealignResult(translations, status, metrics,
-                          {"method": "tm", "roi_xywh_px": [float(v) for v in roi], "roi_slice": roi_slice})
+    info = {"method": "tm", "roi_xywh_px": [float(v) for v in roi], "roi_slice": roi_slice}
+    noise = tm_noise_px(tracked.thirds)
+    if noise is not None:
+        info["tm_noise_px"] = noise
+        log.info("template matching noise %.3f px per axis (from the three thirds of the ROI)", noise)
+    return PrealignResult(translations, status, metrics, info)
 
 
 def _interpolate(values: np.ndarray, good: np.ndarray) -> np.ndarray:

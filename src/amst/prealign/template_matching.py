@@ -26,6 +26,41 @@ class TrackResult:
     scores: np.ndarray      # (n,) NCC peak
     blank: np.ndarray       # (n,) bool
     reasons: list[str]
+    # (n, 3, 2) position (x, y) of each third of the ROI, as the ROI's top-left, less the same
+    # in the ROI's own slice; NaN where failed. Three measurements of one position: their
+    # disagreement is the measurement noise (:func:`tm_noise_px`).
+    thirds: np.ndarray | None = None
+
+
+def tm_noise_px(thirds: np.ndarray) -> float | None:
+    """Template matching's translation noise (px per axis), from its three ROI thirds.
+
+    Each third of the ROI measures the slice's position on its own. With ``v_ij`` the
+    variance of the difference of thirds i and j (robust: 1.4826 MAD, so the few auto-focus
+    slices, whose thirds really move apart, do not count), each third's own noise follows
+    from the three-cornered hat, ``s_1^2 = (v_12 + v_13 - v_23) / 2`` and so on; the whole ROI
+    combines the thirds, ``1 / s^2 = sum 1 / s_i^2``. Per axis, then the RMS of the two.
+    None with fewer than 8 measured slices.
+
+    References
+    ----------
+    Gray and Allan, "A method for estimating the frequency stability of an individual
+    oscillator", 28th Annual Symposium on Frequency Control (1974): the three-cornered hat.
+    """
+    good = np.all(np.isfinite(thirds), axis=(1, 2))
+    if good.sum() < 8:
+        return None
+    t = thirds[good]
+
+    def var(i: int, j: int) -> np.ndarray:
+        d = t[:, i] - t[:, j]
+        return (1.4826 * np.median(np.abs(d - np.median(d, axis=0)), axis=0)) ** 2
+
+    v12, v13, v23 = var(0, 1), var(0, 2), var(1, 2)
+    floor = 1e-6 + 0.01 * (v12 + v13 + v23) / 3  # a negative estimate (sampling noise) is not a zero noise
+    own = [np.maximum(x, floor) for x in ((v12 + v13 - v23) / 2, (v12 + v23 - v13) / 2, (v13 + v23 - v12) / 2)]
+    whole = 1.0 / sum(1.0 / o for o in own)
+    return float(np.sqrt(np.mean(whole)))
 
 
 def match_template(search: np.ndarray, template: np.ndarray, peak_fit: str = "gaussian") -> tuple[float, float, float]:
@@ -93,6 +128,9 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
         raise ValueError(f"template ROI x={x0} y={y0} w={rw} h={rh} in slice {roi_slice} is featureless; "
                          "choose a region with alignment marks (or --roi auto)")
     positions = np.full((n, 2), np.nan)
+    thirds = np.full((n, 3, 2), np.nan)
+    cuts = [0, rw // 3, 2 * rw // 3, rw]
+    parts = [(template[:, cuts[k]:cuts[k + 1]], cuts[k]) for k in range(3)]
     scores = np.zeros(n)
     blank = np.zeros(n, dtype=bool)
     reasons = [""] * n
@@ -108,13 +146,31 @@ def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice:
                 if found[2] >= min_score:
                     positions[z] = affine_refined_position(smoothed, template, *found[:2]) if refine else found[:2]
                     last = positions[z].copy()
+                    thirds[z] = _part_positions(smoothed, parts, found[:2], peak_fit)
                 else:
                     reasons[z] = f"NCC peak {found[2]:.2f} < {min_score}"
             if progress:
                 progress(1)
     if np.isnan(positions[roi_slice]).any():
         raise ValueError(f"the template does not match its own slice {roi_slice}; is that slice blank?")
-    return TrackResult(positions, scores, blank, reasons)
+    return TrackResult(positions, scores, blank, reasons, thirds - thirds[roi_slice])
+
+
+def _part_positions(image: np.ndarray, parts: list[tuple[np.ndarray, int]], xy: tuple[float, float],
+                    peak_fit: str, margin: int = 3) -> np.ndarray:
+    """(k, 2) position of the ROI's top-left as each part (template columns from ``dx``) finds
+    it, searched within ``margin`` px of where the whole ROI matched; NaN off the image."""
+    out = np.full((len(parts), 2), np.nan)
+    for k, (part, dx) in enumerate(parts):
+        th, tw = part.shape
+        x0, y0 = int(round(xy[0])) + dx - margin, int(round(xy[1])) - margin
+        if x0 < 0 or y0 < 0 or x0 + tw + 2 * margin > image.shape[1] or y0 + th + 2 * margin > image.shape[0]:
+            continue
+        if float(part.std()) < 1e-6:
+            return np.full((len(parts), 2), np.nan)  # a flat third measures nothing
+        x, y, _ = match_template(image[y0:y0 + th + 2 * margin, x0:x0 + tw + 2 * margin], part, peak_fit)
+        out[k] = (x0 + x - dx, y0 + y)
+    return out
 
 
 def _search(image: np.ndarray, template: np.ndarray, last_xy: np.ndarray, margin: int,

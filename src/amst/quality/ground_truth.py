@@ -107,3 +107,21 @@ def jitter_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tup
         d = apply_to_points(comp[z], pts) - apply_to_points(low[z], pts)
         out[z] = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1)))) if len(pts) else np.nan
     return out
+
+
+def neighbour_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tuple[int, int],
+                     raw_shape_yx: tuple[int, int], step: int = 16) -> np.ndarray:
+    """Per-slice RMS (px) of the misalignment of slice z to slice z - 1 (NaN for slice 0).
+
+    The ground-truth counterpart of the paper's residual (Methods, "Evaluation of
+    alignments"): the error of z minus the error of its predecessor at every output point
+    covered by both, so drift and any global transform cancel.
+    """
+    comp = output_to_volume(affines, gt_maps)
+    out = np.full(len(comp), np.nan)
+    for z in range(1, len(comp)):
+        pts = sample_points(canvas_shape_yx, affines[z], raw_shape_yx, step)
+        if len(pts):
+            d = apply_to_points(comp[z], pts) - apply_to_points(comp[z - 1], pts)
+            out[z] = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
+    return out

@@ -1,8 +1,10 @@
 """Synthetic FIB-SEM stacks with exact ground truth (``amst synth``).
 
-A raw slice ``z`` is the phantom sampled through the slice's ground-truth map
+A raw slice ``z`` is the content sampled through the slice's ground-truth map
 ``G_z`` (raw pixel -> volume pixel, the affine convention of DESIGN.md), plus curtaining,
-flicker and noise. Because the phantom is a continuous function, ``G_z`` is exact.
+flicker and noise. The content is the phantom, or (``volume``, ``--from-volume``) a real
+aligned stack (:mod:`amst.synth.volume`); both are continuous functions of volume
+position, so ``G_z`` is exact.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..transform import to_list
 from .acquisition import (AcquisitionParams, Curtains, SliceAcquisition, add_noise, autofocus_runs,
                           simulate_acquisition)
 from .phantom import Phantom, PhantomParams
+from .volume import VolumeContent
 
 __all__ = ["PRESETS", "SynthConfig", "synthesize", "load_ground_truth", "Phantom", "AcquisitionParams"]
 
@@ -51,6 +54,8 @@ class SynthConfig:
     texture: str | None = None
     warp_z_scale: float | None = None  # None: the phantom's default (see PhantomParams)
     autofocus_at: tuple[int, ...] = ()  # extra auto-focus events at these slices (AcquisitionParams)
+    volume: str | None = None  # an aligned real stack as the content instead of the phantom
+    cap_height: float | None = None  # fraction of the field height under the platinum cap (None: 0.15)
 
     def phantom_params(self) -> PhantomParams:
         params = PhantomParams(**PRESETS[self.preset]["phantom"])
@@ -58,6 +63,8 @@ class SynthConfig:
             params.marks = self.marks
         if self.warp_z_scale is not None:
             params.warp_z_scale = float(self.warp_z_scale)
+        if self.cap_height is not None:
+            params.cap_height = float(self.cap_height)
         if self.texture:
             params.texture_image = _load_texture(self.texture)
         return params
@@ -72,9 +79,18 @@ class SynthConfig:
         """Volume depth between slices in isotropic (xy) pixels."""
         return self.voxel_size.z / self.voxel_size.x
 
-    def phantom(self) -> Phantom:
-        """The phantom this config samples, covering the whole stack depth."""
+    @property
+    def marks_on(self) -> bool:
+        """Whether the stack carries FIB-etched marks (the preset's, unless ``marks`` says)."""
+        return self.phantom_params().marks if self.marks is None else bool(self.marks)
+
+    def phantom(self) -> Phantom | VolumeContent:
+        """The content this config samples, covering the whole stack depth: the phantom, or
+        the real volume of ``volume``."""
         n, h, w = self.shape
+        if self.volume:
+            return VolumeContent(self.volume, self.shape, self.z_step, marks=self.marks_on, seed=self.seed,
+                                 cap_height=PhantomParams().cap_height if self.cap_height is None else self.cap_height)
         return Phantom((n * self.z_step, float(h), float(w)), self.seed, self.phantom_params())
 
     @classmethod
@@ -84,10 +100,12 @@ class SynthConfig:
         Files written before the phantom was recorded get the preset's phantom defaults.
         """
         phantom = doc.get("phantom", {})
+        volume = doc.get("volume", {})
         return cls(shape=tuple(doc["shape_zyx"]), preset=doc["preset"], seed=doc["seed"], dtype=doc["dtype"],
-                   voxel_size=VoxelSize.from_dict(doc["voxel_size"]), marks=phantom.get("marks"),
+                   voxel_size=VoxelSize.from_dict(doc["voxel_size"]), marks=volume.get("marks", phantom.get("marks")),
                    texture=phantom.get("texture"), warp_z_scale=phantom.get("warp_z_scale"),
-                   autofocus_at=tuple(doc.get("acquisition", {}).get("autofocus_at", ())))
+                   autofocus_at=tuple(doc.get("acquisition", {}).get("autofocus_at", ())), volume=volume.get("path"),
+                   cap_height=doc.get("cap_height"))
 
 
 def _load_texture(path: str) -> np.ndarray:
@@ -209,6 +227,10 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
     """
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    if cfg.volume and cfg.texture:
+        raise ValueError("--texture paints the phantom's cytoplasm; it cannot be combined with --from-volume")
+    if cfg.cap_height is not None and not 0.02 <= cfg.cap_height <= 0.5:
+        raise ValueError(f"cap_height: {cfg.cap_height} must be between 0.02 and 0.5 (a fraction of the field height)")
     if cfg.dtype not in _DTYPE_RANGE:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(_DTYPE_RANGE)}")
     if out_format not in ("tiff", "zarr"):
@@ -216,10 +238,12 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
     out = Path(out)
     n, h, w = cfg.shape
     autofocus_runs(cfg.autofocus_at, n)  # refuses slices outside the stack before OUT is touched
+    content = cfg.phantom()  # a --from-volume that cannot serve this shape is refused here too
     suffix = ".zarr" if out_format == "zarr" else ""
     names = [f"slice_{z:05d}.tif" for z in range(n)]
     kind = "zarr" if out_format == "zarr" else "tiff"
-    ownership = claim_output(out, kind="synth", overwrite=overwrite, protected={"the texture image": cfg.texture},
+    ownership = claim_output(out, kind="synth", overwrite=overwrite,
+                             protected={"the texture image": cfg.texture, "the --from-volume stack": cfg.volume},
                              entries=[OwnedEntry(f"raw{suffix}", kind, tuple(names) if kind == "tiff" else ("0",)),
                                       OwnedEntry(f"clean{suffix}", kind, tuple(names) if kind == "tiff" else ("0",)),
                                       OwnedEntry("ground_truth.json", "file")])
@@ -236,14 +260,14 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
             clean_writer.write(z, clean)
         if progress:
             progress(1)
-    doc = ground_truth_document(cfg, acq, names, cfg.phantom())
+    doc = ground_truth_document(cfg, acq, names, content)
     atomic_write_text(out / "ground_truth.json", json.dumps(doc, indent=1))
     mark_complete(out, ownership)
     return doc
 
 
 def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: list[str],
-                          phantom: Phantom) -> dict[str, Any]:
+                          phantom: Phantom | VolumeContent) -> dict[str, Any]:
     """The ``ground_truth.json`` contents (maps raw pixel -> volume pixel per slice)."""
     marks_roi = None
     if phantom.marks:
@@ -251,6 +275,13 @@ def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: 
         ys = [v for m in phantom.marks for v in (m[1], m[3])]
         marks_roi = [float(min(xs)) - 8, float(min(ys)) - 8, float(max(xs) - min(xs)) + 16,
                      float(max(ys) - min(ys)) + 16]
+    if isinstance(phantom, VolumeContent):
+        content = {"volume": {"path": phantom.path, "marks": phantom.has_cap,
+                              "source_shape_zyx": list(phantom.source.shape), "source_step_px": phantom.source_step,
+                              "offset_xy": list(phantom.offset_xy)}}
+    else:
+        content = {"phantom": {"marks": phantom.params.marks, "warp_z_scale": phantom.params.warp_z_scale,
+                               "texture": cfg.texture}}
     return {
         "format": "amst-ground-truth",
         "version": 1,
@@ -262,9 +293,9 @@ def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: 
         "seed": cfg.seed,
         "z_step_px": cfg.z_step,
         "acquisition": cfg.acquisition_params().to_dict(),
-        "phantom": {"marks": phantom.params.marks, "warp_z_scale": phantom.params.warp_z_scale,
-                    "texture": cfg.texture},
+        **content,
         "marks_roi_xywh": marks_roi,
+        **({"cap_height": cfg.cap_height} if cfg.cap_height is not None else {}),
         "slices": [
             {"index": z, "name": names[z], "map": to_list(a.raw_to_volume), "events": a.events,
              "gain": a.gain, "offset": a.offset}

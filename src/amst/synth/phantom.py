@@ -83,7 +83,7 @@ class Phantom:
         self.noise_planes = self._noise_volume(rng, 64, 24)
         self.cap_y = p.cap_height * height
         self.cap_wave = (rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi), 0.01 * height)
-        self.marks = self._make_marks(rng) if p.marks else []
+        self.marks = make_marks(rng, self.cap_y, width) if p.marks else []
 
     # -- construction -------------------------------------------------------------------
     @staticmethod
@@ -136,33 +136,6 @@ class Phantom:
         vol = gaussian_filter(rng.normal(size=(depth, size, size)), sigma=(1.2, 1.5, 1.5), mode="wrap")
         vol /= vol.std()
         return vol.astype(np.float32)
-
-    def _make_marks(self, rng: np.random.Generator) -> list[tuple[float, float, float, float, float]]:
-        """FIB-etched marks in the cap: line segments (x0, y0, x1, y1, half_width), fixed in z."""
-        depth, height, width = self.extent
-        top, bottom = 0.3 * self.cap_y, 0.85 * self.cap_y
-        marks = []
-        x = 0.08 * width
-        while x < 0.92 * width:
-            kind = rng.integers(0, 3)
-            hw = rng.uniform(1.2, 2.5)
-            if kind == 0:  # chevron
-                dx = rng.uniform(0.2, 0.5) * (bottom - top)
-                marks.append((x, bottom, x + dx, top, hw))
-                marks.append((x + 2 * dx, bottom, x + dx, top, hw))
-                x += 2 * dx
-            elif kind == 1:  # slanted line
-                dx = rng.uniform(-0.6, 0.6) * (bottom - top)
-                marks.append((x, bottom, x + dx, top, hw))
-                x += abs(dx)
-            else:  # cross
-                d = rng.uniform(0.25, 0.45) * (bottom - top)
-                cy = 0.5 * (top + bottom)
-                marks.append((x, cy - d, x + 2 * d, cy + d, hw))
-                marks.append((x, cy + d, x + 2 * d, cy - d, hw))
-                x += 2 * d
-            x += rng.uniform(0.03, 0.1) * width
-        return marks
 
     # -- sampling -----------------------------------------------------------------------
     def _noise(self, x: np.ndarray, y: np.ndarray, z: float, scale: float, layer: int = 0,
@@ -323,21 +296,59 @@ class Phantom:
             sub[...] = sub + 0.08 * _smoothstep(dist, 0.7) - 0.28 * _line(dist, 0.9)
 
     def _draw_cap(self, img, x, y, fine) -> None:
-        """Platinum cap above a wavy sample surface; marks filled with insulator (darker)."""
-        freq, phase, amp = self.cap_wave
-        rows = np.flatnonzero(y.min(axis=1) < self.cap_y + amp + 12.0)
-        if not len(rows):
-            return
-        band = slice(0, rows[-1] + 1)
-        x, y, fine, sub = x[band], y[band], fine[band], img[band]
-        surface = self.cap_y + amp * np.sin(2 * np.pi * freq * x / self.extent[2] + phase)
-        above = _smoothstep(y - surface, 1.0)  # 1 in the cap
-        protect = _line(y - surface + 4.0, 2.5)  # thin carbon layer under the platinum
-        cap = 0.97 + 0.02 * fine
-        for x0, y0, x1, y1, hw in self.marks:
-            vx, vy = x1 - x0, y1 - y0
-            length2 = vx * vx + vy * vy
-            t = np.clip(((x - x0) * vx + (y - y0) * vy) / length2, 0, 1)
-            d = np.hypot(x - x0 - t * vx, y - y0 - t * vy) - hw
-            cap = cap - 0.62 * _smoothstep(d, 0.6)
-        sub[...] = sub * (1 - above) + cap * above - 0.35 * protect
+        draw_cap(img, x, y, fine, cap_y=self.cap_y, wave=self.cap_wave, marks=self.marks, width=self.extent[2])
+
+
+def make_marks(rng: np.random.Generator, cap_y: float, width: float) -> list[tuple[float, float, float, float, float]]:
+    """FIB-etched marks in a cap of height ``cap_y``: line segments (x0, y0, x1, y1, half_width), fixed in z."""
+    top, bottom = 0.3 * cap_y, 0.85 * cap_y
+    marks = []
+    x = 0.08 * width
+    while x < 0.92 * width:
+        kind = rng.integers(0, 3)
+        hw = rng.uniform(1.2, 2.5)
+        if kind == 0:  # chevron
+            dx = rng.uniform(0.2, 0.5) * (bottom - top)
+            marks.append((x, bottom, x + dx, top, hw))
+            marks.append((x + 2 * dx, bottom, x + dx, top, hw))
+            x += 2 * dx
+        elif kind == 1:  # slanted line
+            dx = rng.uniform(-0.6, 0.6) * (bottom - top)
+            marks.append((x, bottom, x + dx, top, hw))
+            x += abs(dx)
+        else:  # cross
+            d = rng.uniform(0.25, 0.45) * (bottom - top)
+            cy = 0.5 * (top + bottom)
+            marks.append((x, cy - d, x + 2 * d, cy + d, hw))
+            marks.append((x, cy + d, x + 2 * d, cy - d, hw))
+            x += 2 * d
+        x += rng.uniform(0.03, 0.1) * width
+    return marks
+
+
+def draw_cap(img: np.ndarray, x: np.ndarray, y: np.ndarray, fine: np.ndarray | float, *, cap_y: float,
+             wave: tuple[float, float, float], marks: list, width: float) -> None:
+    """Paint, in place, a platinum cap above a wavy sample surface at volume height ``cap_y``.
+
+    ``x``, ``y``: the volume position of every pixel of ``img``; ``fine``: fine noise of the
+    same shape (or 0); ``wave``: (frequency, phase, amplitude) of the surface; ``marks``: from
+    :func:`make_marks`, filled with insulator (darker).
+    """
+    freq, phase, amp = wave
+    rows = np.flatnonzero(y.min(axis=1) < cap_y + amp + 12.0)
+    if not len(rows):
+        return
+    band = slice(0, rows[-1] + 1)
+    x, y, sub = x[band], y[band], img[band]
+    fine = fine[band] if isinstance(fine, np.ndarray) else fine
+    surface = cap_y + amp * np.sin(2 * np.pi * freq * x / width + phase)
+    above = _smoothstep(y - surface, 1.0)  # 1 in the cap
+    protect = _line(y - surface + 4.0, 2.5)  # thin carbon layer under the platinum
+    cap = 0.97 + 0.02 * fine
+    for x0, y0, x1, y1, hw in marks:
+        vx, vy = x1 - x0, y1 - y0
+        length2 = vx * vx + vy * vy
+        t = np.clip(((x - x0) * vx + (y - y0) * vy) / length2, 0, 1)
+        d = np.hypot(x - x0 - t * vx, y - y0 - t * vy) - hw
+        cap = cap - 0.62 * _smoothstep(d, 0.6)
+    sub[...] = sub * (1 - above) + cap * above - 0.35 * protect
