@@ -110,14 +110,21 @@ def jitter_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tup
 
 
 def neighbour_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tuple[int, int],
-                     raw_shape_yx: tuple[int, int], step: int = 16) -> np.ndarray:
+                     raw_shape_yx: tuple[int, int], step: int = 16, detrend_window: int | None = None) -> np.ndarray:
     """Per-slice RMS (px) of the misalignment of slice z to slice z - 1 (NaN for slice 0).
 
     The ground-truth counterpart of the paper's residual (Methods, "Evaluation of
     alignments"): the error of z minus the error of its predecessor at every output point
-    covered by both, so drift and any global transform cancel.
+    covered by both, so any global transform cancels. A steady drift of the error does not
+    cancel: it adds its rate per slice. ``detrend_window`` (slices) first removes the running
+    mean of the output-to-volume maps along z, i.e. a slowly varying error such as a
+    content-based alignment following structures that run obliquely through the volume.
     """
+    from scipy.ndimage import uniform_filter1d
+
     comp = output_to_volume(affines, gt_maps)
+    if detrend_window:
+        comp = comp - uniform_filter1d(comp, size=min(detrend_window, len(comp)), axis=0, mode="nearest")
     out = np.full(len(comp), np.nan)
     for z in range(1, len(comp)):
         pts = sample_points(canvas_shape_yx, affines[z], raw_shape_yx, step)
