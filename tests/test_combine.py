@@ -86,3 +86,25 @@ def test_tm_noise_from_three_thirds_recovers_the_simulated_noise():
     thirds[:5] += 3.0  # a few slices whose thirds really moved apart (auto-focus) do not count
     assert tm_noise_px(thirds) == pytest.approx(expected, rel=0.1)
     assert tm_noise_px(thirds[:5]) is None
+
+
+def test_prealign_noise_is_measured_against_the_registration_with_the_thirds_as_references():
+    """P (whole ROI), R (registration) and three thirds T_i, each with its own noise: the
+    three-cornered hat on the thirds plus var(R - T_i) and var(R - P) recover P's noise."""
+    from amst.combine import prealign_noise_from_parts
+    from amst.prealign.template_matching import part_noises_px
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    truth = rng.normal(0, 2, (n, 2))
+    s_p, s_r, s_t = 0.02, 0.07, np.array([0.05, 0.06, 0.09])
+    pre = np.array([translation(*(t + rng.normal(0, s_p, 2))) for t in truth])
+    reg = np.array([translation(*(t + rng.normal(0, s_r, 2))) for t in truth])
+    thirds = truth[:, None, :] + rng.normal(0, 1, (n, 3, 2)) * s_t[None, :, None]
+    parts_noise = part_noises_px(thirds)
+    np.testing.assert_allclose(parts_noise[:, 0], s_t, rtol=0.15)
+    got = prealign_noise_from_parts(pre, reg, np.ones(n, bool), reference_xy=C, part_shifts_px=thirds,
+                                    part_noise_px=parts_noise)
+    assert got == pytest.approx(s_p, abs=0.01)
+    assert prealign_noise_from_parts(pre[:5], reg[:5], np.ones(5, bool), reference_xy=C, part_shifts_px=thirds[:5],
+                                     part_noise_px=parts_noise) is None

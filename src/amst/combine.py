@@ -52,7 +52,7 @@ import numpy as np
 
 from .transform import compose, invert
 
-__all__ = ["Combined", "combine_measurements", "DEFAULT_SIGNIFICANCE"]
+__all__ = ["Combined", "combine_measurements", "prealign_noise_from_parts", "DEFAULT_SIGNIFICANCE"]
 
 #: Significance (in noise units) a correction must exceed to be applied; see the module docstring.
 DEFAULT_SIGNIFICANCE = 6.0
@@ -106,6 +106,56 @@ def _robust_sigma(values: np.ndarray, floor: float) -> np.ndarray:
     """Per-column robust standard deviation (1.4826 MAD about the median), at least ``floor``."""
     med = np.median(values, axis=0)
     return np.maximum(_MAD_TO_SIGMA * np.median(np.abs(values - med), axis=0), floor)
+
+
+def translation_disagreement(prealign: np.ndarray, registered: np.ndarray, reference_xy: tuple[float, float]
+                             ) -> np.ndarray:
+    """(n, 2) ``e``: where the registration puts the reference point minus where the
+    pre-alignment puts it (raw px)."""
+    c = np.asarray(reference_xy, np.float64)
+    return np.array([r[:, :2] @ c + r[:, 2] - (p[:, :2] @ c + p[:, 2]) for p, r in zip(prealign, registered)])
+
+
+def prealign_noise_from_parts(prealign: np.ndarray, registered: np.ndarray, usable: np.ndarray, *,
+                              reference_xy: tuple[float, float], part_shifts_px: np.ndarray,
+                              part_noise_px: np.ndarray) -> float | None:
+    """The pre-alignment's translation noise (px per axis), measured against the registration.
+
+    The pre-alignment ``P`` (template matching on the whole ROI) and the registration ``R`` are
+    independent; so are ``R`` and each part ``i`` of the ROI measured alone, whose own noise
+    ``s_i`` the three-cornered hat gives (:func:`amst.prealign.template_matching.part_noises_px`).
+    Then ``var(R - T_i) = s_R^2 + s_i^2`` gives the registration's noise ``s_R`` (averaged over
+    the parts), and ``var(R - P) = s_R^2 + s_P^2`` the pre-alignment's. Robust variances
+    (1.4826 MAD), per axis; the RMS of the two axes.
+
+    Parameters
+    ----------
+    prealign, registered : (n, 2, 3) arrays
+    usable : (n,) bool array
+        Slices with a registration and all parts measured.
+    reference_xy : (x, y)
+    part_shifts_px : (n, k, 2) array
+        Each part's translation, in the frame of the pre-alignment's translations.
+    part_noise_px : (k, 2) array
+
+    Returns
+    -------
+    float or None
+        None with fewer than 8 usable slices.
+    """
+    usable = np.asarray(usable, bool) & np.all(np.isfinite(part_shifts_px), axis=(1, 2))
+    if usable.sum() < 8:
+        return None
+    e = translation_disagreement(prealign, registered, reference_xy)[usable]
+    t_pre = np.asarray(prealign, np.float64)[usable][:, :, 2]
+    parts = np.asarray(part_shifts_px, np.float64)[usable]
+    var = lambda d: _robust_sigma(d, _FLOOR_PX) ** 2  # noqa: E731
+    # R(c) - (c + origin + t_i) = e + t_P - t_i; the constant (origin, the parts' reference)
+    # does not change a variance.
+    s_r2 = np.mean([np.maximum(var(e + t_pre - parts[:, i]) - np.asarray(part_noise_px)[i] ** 2, _FLOOR_PX ** 2)
+                    for i in range(parts.shape[1])], axis=0)
+    s_p2 = np.maximum(var(e) - s_r2, _FLOOR_PX ** 2)
+    return float(np.sqrt(np.mean(s_p2)))
 
 
 def _spikes(values: np.ndarray, usable: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from .register import RegistrationError, check_result, distortion_px, register, 
 from .register.fast import level_image, level_shape
 from .stack import Stack, VoxelSize, check_output_fits, create_writer, open_stack
 from .template import ends_in_pass, sliding_templates, window_bounds
-from .combine import combine_measurements
+from .combine import combine_measurements, prealign_noise_from_parts
 from .transform import apply_to_points, at_level, compose, invert, translation
 from .transforms_io import SliceTransform, Transforms, load_transforms
 from .executors import in_process_limits, make_executor, sigint_ignored, single_threaded_libraries
@@ -675,16 +675,26 @@ def _reference_point(pre_tf: Transforms, prealign_affines: np.ndarray, canvas: t
     return (canvas[1] - 1) / 2.0, (canvas[0] - 1) / 2.0
 
 
-def _prealign_noise(pre_tf: Transforms) -> float:
-    """The pre-alignment's translation noise (px per axis) as it measured it; inf when it did not.
+def _prealign_noise(pre_tf: Transforms, registered: np.ndarray, usable: np.ndarray,
+                    reference_xy: tuple[float, float]) -> float:
+    """The pre-alignment's translation noise (px per axis), measured in this run; inf when it cannot be.
 
-    Template matching measures it from the two halves of its ROI (``tm_noise_px``); the joint
-    solve of feature / cross-correlation pairs from loop closures (``noise_by_gap_px``): a slice
-    sits between two pairs of the smallest gap, so its position noise is that pair noise / sqrt 2.
+    Template matching: against the registration, with the ROI's three thirds as independent
+    references (:func:`amst.combine.prealign_noise_from_parts`). The joint solve of feature /
+    cross-correlation pairs reports its pair noise from loop closures (``noise_by_gap_px``): a
+    slice sits between two pairs of the smallest gap, so its position noise is that / sqrt 2.
     """
     info = pre_tf.extra.get("prealign_info", {})
-    if info.get("tm_noise_px") is not None:
-        return float(info["tm_noise_px"])
+    prealign_affines = np.array([s.prealign for s in pre_tf.slices])
+    if info.get("method") == "tm" and info.get("tm_thirds_noise_px"):
+        parts = np.array([s.metrics.get("tm_thirds_px", np.full((3, 2), np.nan)) for s in pre_tf.slices], float)
+        noise = prealign_noise_from_parts(prealign_affines, registered, usable, reference_xy=reference_xy,
+                                          part_shifts_px=parts, part_noise_px=np.array(info["tm_thirds_noise_px"]))
+        if noise is not None:
+            return noise
+    if info.get("method") == "tm":
+        # Too few slices to measure it: the thirds' estimate, else the marks are taken as exact.
+        return float(info.get("tm_noise_px") or 0.0)
     gaps = info.get("noise_by_gap_px") or {}
     finite = {int(g): float(v) for g, v in gaps.items() if v is not None and np.isfinite(v)}
     if finite:
@@ -706,9 +716,9 @@ def _combine(results: dict[int, dict[str, Any]], prealign_affines: np.ndarray, p
                  int(usable.sum()))
         return {"method": "registration", "reason": "fewer than 8 slices registered"}, None
     registered = np.array([results[z]["affine"] for z in range(n)], np.float64)
-    combined = combine_measurements(prealign_affines, registered, usable,
-                                    reference_xy=_reference_point(pre_tf, prealign_affines, canvas),
-                                    prealign_noise_px=_prealign_noise(pre_tf),
+    reference = _reference_point(pre_tf, prealign_affines, canvas)
+    combined = combine_measurements(prealign_affines, registered, usable, reference_xy=reference,
+                                    prealign_noise_px=_prealign_noise(pre_tf, registered, usable, reference),
                                     significance=cfg.register.significance,
                                     trend_radius=cfg.template.median_radius)
     for z in np.flatnonzero(usable):

@@ -23,7 +23,7 @@ from ..transforms_io import SliceTransform, Transforms
 from .features import SiftTranslation
 from .pairwise import measure_pairs
 from .solve import solve_positions
-from .template_matching import propose_roi_scored, tm_noise_px, track_template
+from .template_matching import part_noises_px, propose_roi_scored, tm_noise_px, track_template
 from .xcorr import PhaseCorrelation
 
 log = logging.getLogger(__name__)
@@ -375,8 +375,9 @@ def _track(stack: Stack, cfg: PrealignConfig, roi: tuple[float, ...], roi_slice:
     translations = tracked.positions - tracked.positions[roi_slice]
     translations = _interpolate(translations, ok)
     status = ["blank" if b else ("ok" if g else "failed") for b, g in zip(tracked.blank, ok)]
-    metrics = [{"tm_score": float(s), **({"prealign_flag": r} if r else {})}
-               for s, r in zip(tracked.scores, tracked.reasons)]
+    metrics = [{"tm_score": float(s), **({"prealign_flag": r} if r else {}),
+                **({"tm_thirds_px": np.round(t, 4).tolist()} if np.all(np.isfinite(t)) else {})}
+               for s, r, t in zip(tracked.scores, tracked.reasons, tracked.thirds)]
     failed = [z for z in range(n) if not ok[z]]
     if failed:
         log.warning("template matching failed on %d slice(s) (interpolated): %s", len(failed),
@@ -387,10 +388,11 @@ def _track(stack: Stack, cfg: PrealignConfig, roi: tuple[float, ...], roi_slice:
             "the ROI is probably not on the alignment marks: choose another --roi or use --prealign features"
         )
     info = {"method": "tm", "roi_xywh_px": [float(v) for v in roi], "roi_slice": roi_slice}
-    noise = tm_noise_px(tracked.thirds)
-    if noise is not None:
-        info["tm_noise_px"] = noise
-        log.info("template matching noise %.3f px per axis (from the three thirds of the ROI)", noise)
+    parts = part_noises_px(tracked.thirds)
+    if parts is not None:
+        info["tm_thirds_noise_px"] = np.round(parts, 5).tolist()
+        info["tm_noise_px"] = tm_noise_px(tracked.thirds)
+        log.info("template matching noise %.3f px per axis (from the three thirds of the ROI)", info["tm_noise_px"])
     return PrealignResult(translations, status, metrics, info)
 
 

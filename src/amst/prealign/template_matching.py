@@ -32,15 +32,13 @@ class TrackResult:
     thirds: np.ndarray | None = None
 
 
-def tm_noise_px(thirds: np.ndarray) -> float | None:
-    """Template matching's translation noise (px per axis), from its three ROI thirds.
+def part_noises_px(thirds: np.ndarray) -> np.ndarray | None:
+    """Each ROI third's own translation noise (3, 2) (px per axis), by the three-cornered hat.
 
     Each third of the ROI measures the slice's position on its own. With ``v_ij`` the
     variance of the difference of thirds i and j (robust: 1.4826 MAD, so the few auto-focus
-    slices, whose thirds really move apart, do not count), each third's own noise follows
-    from the three-cornered hat, ``s_1^2 = (v_12 + v_13 - v_23) / 2`` and so on; the whole ROI
-    combines the thirds, ``1 / s^2 = sum 1 / s_i^2``. Per axis, then the RMS of the two.
-    None with fewer than 8 measured slices.
+    slices, whose thirds really move apart, do not count), ``s_1^2 = (v_12 + v_13 - v_23) / 2``
+    and so on. None with fewer than 8 measured slices.
 
     References
     ----------
@@ -59,7 +57,21 @@ def tm_noise_px(thirds: np.ndarray) -> float | None:
     v12, v13, v23 = var(0, 1), var(0, 2), var(1, 2)
     floor = 1e-6 + 0.01 * (v12 + v13 + v23) / 3  # a negative estimate (sampling noise) is not a zero noise
     own = [np.maximum(x, floor) for x in ((v12 + v13 - v23) / 2, (v12 + v23 - v13) / 2, (v13 + v23 - v12) / 2)]
-    whole = 1.0 / sum(1.0 / o for o in own)
+    return np.sqrt(np.stack(own))
+
+
+def tm_noise_px(thirds: np.ndarray) -> float | None:
+    """Template matching's translation noise (px per axis) as its three ROI thirds give it.
+
+    The whole ROI combines the thirds (:func:`part_noises_px`), ``1 / s^2 = sum 1 / s_i^2``,
+    per axis; the RMS of the two axes. An estimate, not a measurement of the whole ROI's fit:
+    :func:`amst.combine.prealign_noise_from_parts` measures that against the registration.
+    None with fewer than 8 measured slices.
+    """
+    own = part_noises_px(thirds)
+    if own is None:
+        return None
+    whole = 1.0 / np.sum(1.0 / own ** 2, axis=0)
     return float(np.sqrt(np.mean(whole)))
 
 
