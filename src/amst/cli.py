@@ -538,6 +538,13 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
     counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
+    comb = res.transforms.extra.get("combine", {})
+    if comb.get("method") == "significance":
+        click.echo(f"shape corrections applied to {comb.get('linear_applied', 0)} slice(s) (they stood out of the "
+                   f"registration's measured noise by more than {comb.get('significance'):g}x and the nearest "
+                   f"neighbours confirmed them); translation: {100 * comb.get('translation_weight', 0):.0f} % "
+                   f"registration, {100 - 100 * comb.get('translation_weight', 0):.0f} % pre-alignment (by their "
+                   "measured noise)")
     *registered, resampled = res.recomputed_per_pass
     click.echo("slices computed by this run: registered per pass: " + " ".join(str(v) for v in registered)
                + f"; resampled: {resampled}")

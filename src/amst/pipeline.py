@@ -577,6 +577,16 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                 template_affines = start_affines
             excluded = excluded | ~ok
             corrected_members = ok & _distorted(start_affines, prealign_affines, canvas, cfg)
+            if corrected_members.any() and cfg.register.combine == "significance":
+                # The distorted slices enter pass-2 templates placed by the best estimate pass 1 has:
+                # its measurements combined and refined as the final ones are.
+                first = {z: {**e, "metrics": dict(e["metrics"])} for z, e in results.items()}
+                summary, fallback = _combine(first, prealign_affines, pre_tf, canvas, cfg)
+                if fallback is not None:
+                    _refine_corrections(executor, first, prealign_affines, *fallback, stack, canvas, cfg, level,
+                                        summary, False)
+                for z in np.flatnonzero(corrected_members):
+                    start_affines[z] = np.array(first[z]["affine"])
 
     # Each slice's final affine from its two measurements (amst.combine), then one resampling.
     combined, fallback = _combine(results, prealign_affines, pre_tf, canvas, cfg)
