@@ -19,7 +19,8 @@ def test_demo_volume_is_package_data():
         assert stack.shape == (64, 200, 250) and str(stack.dtype) == "uint8"
         assert (stack.voxel_size.z, stack.voxel_size.y, stack.voxel_size.x) == (10.0, 10.0, 10.0)
         n, h, w = demo.DEMO_SHAPE
-        assert n <= stack.shape[0] and h + 32 <= stack.shape[1] and w + 32 <= stack.shape[2]
+        z_step = demo.DEMO_VOXEL_NM[0] / demo.DEMO_VOXEL_NM[2]  # source slices per demo slice
+        assert (n - 1) * z_step <= stack.shape[0] - 1 and h + 32 <= stack.shape[1] and w + 32 <= stack.shape[2]
 
 
 def test_demo_runs_and_reports(tmp_path, monkeypatch):
