@@ -181,7 +181,8 @@ def _local_trend(values: np.ndarray, usable: np.ndarray, radius: int) -> np.ndar
 
 def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: np.ndarray, *,
                          reference_xy: tuple[float, float], prealign_noise_px: float,
-                         significance: float = DEFAULT_SIGNIFICANCE, trend_radius: int = 7) -> Combined:
+                         significance: float = DEFAULT_SIGNIFICANCE, trend_radius: int = 7,
+                         prealign_measured: np.ndarray | None = None) -> Combined:
     """Final per-slice affines from the pre-alignment and the template registration.
 
     Parameters
@@ -204,6 +205,10 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     trend_radius : int
         Half-window (slices) of the running median that gives the local trend of the
         corrections (the template's own slow bias): the template's median radius.
+    prealign_measured : (n,) bool array, optional
+        Slices whose pre-alignment was measured (not interpolated from its neighbours because
+        its own measurement failed). An unmeasured one takes the registration's translation
+        (weight 1) and does not enter the noise estimates. Default: all measured.
 
     Returns
     -------
@@ -218,6 +223,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     registered = np.asarray(registered, np.float64)
     usable = np.asarray(usable, bool)
     n = len(prealign)
+    measured = np.ones(n, bool) if prealign_measured is None else np.asarray(prealign_measured, bool)
     if usable.sum() < 8:
         raise ValueError(f"only {int(usable.sum())} slice(s) registered: at least 8 are needed to measure "
                          "the registration's noise")
@@ -230,7 +236,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     # Slices whose corrections are all within noise (robust first look) measure the noise model.
     scale_l = _robust_sigma(deviation[usable], _FLOOR_LINEAR)
     scale_e = _robust_sigma(offset[usable], _FLOOR_PX)
-    calm = usable & (np.sum((deviation / scale_l) ** 2, axis=1) < _CHI2_99[4]) \
+    calm = usable & measured & (np.sum((deviation / scale_l) ** 2, axis=1) < _CHI2_99[4]) \
         & (np.sum((offset / scale_e) ** 2, axis=1) < _CHI2_99[2])
     if calm.sum() < 8:
         calm = usable
@@ -270,10 +276,11 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     out = prealign.copy()
     plain = prealign.copy()
     for z in np.flatnonzero(usable):
+        w = weight if measured[z] else 1.0
         for target, m in ((out, linear[z] if applied[z] else np.eye(2)), (plain, np.eye(2))):
             d = np.zeros((2, 3))
             d[:, :2] = m
-            d[:, 2] = c - m @ c + weight * offset[z]
+            d[:, 2] = c - m @ c + w * offset[z]
             target[z] = compose(prealign[z], d)
     return Combined(out, plain, trend, lin_sig, applied, t_sig, weight, noise_linear, noise_t, float(prealign_noise_px),
                     (float(c[0]), float(c[1])))

@@ -730,7 +730,8 @@ def _combine(results: dict[int, dict[str, Any]], prealign_affines: np.ndarray, p
     combined = combine_measurements(prealign_affines, registered, usable, reference_xy=reference,
                                     prealign_noise_px=_prealign_noise(pre_tf, registered, usable, reference),
                                     significance=cfg.register.significance,
-                                    trend_radius=cfg.template.median_radius)
+                                    trend_radius=cfg.template.median_radius,
+                                    prealign_measured=np.array([s.status == "ok" for s in pre_tf.slices]))
     for z in np.flatnonzero(usable):
         e = results[z]
         e["metrics"]["registered_affine"] = e["affine"]
