@@ -217,7 +217,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     Raises
     ------
     ValueError
-        When fewer than 3 slices are usable (no noise can be measured).
+        When fewer than 8 slices are usable (no noise can be measured).
     """
     prealign = np.asarray(prealign, np.float64)
     registered = np.asarray(registered, np.float64)
@@ -253,7 +253,8 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     weight = float(np.mean(sigma_p2 / (sigma_p2 + sigma_t2))) if np.isfinite(sigma_p2) else 1.0
     # What the translation disagreement says about the linear error: the part of e that the
     # registration got wrong, (1 - w) e, through the measured regression.
-    expected = (1.0 - weight) * offset @ slope
+    own_weight = np.where(measured, weight, 1.0)  # an interpolated pre-alignment: the registration's translation
+    expected = ((1.0 - own_weight)[:, None] * offset) @ slope
     residual = deviation - expected
     # The median template's content mismatch drifts slowly with depth (its window moves one
     # slice at a time), a distortion event is a spike of one to three slices: each slice is
@@ -276,7 +277,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     out = prealign.copy()
     plain = prealign.copy()
     for z in np.flatnonzero(usable):
-        w = weight if measured[z] else 1.0
+        w = own_weight[z]
         for target, m in ((out, linear[z] if applied[z] else np.eye(2)), (plain, np.eye(2))):
             d = np.zeros((2, 3))
             d[:, :2] = m

@@ -580,10 +580,11 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
             if corrected_members.any() and cfg.register.combine == "significance":
                 # The distorted slices enter pass-2 templates placed by the best estimate pass 1 has:
                 # its measurements combined and refined as the final ones are.
-                first = {z: {**e, "metrics": dict(e["metrics"])} for z, e in results.items()}
+                first = {z: {**e, "metrics": dict(e["metrics"]), "timings": dict(e.get("timings", {}))}
+                         for z, e in results.items()}
                 summary, fallback = _combine(first, prealign_affines, pre_tf, canvas, cfg)
                 if fallback is not None:
-                    _refine_corrections(executor, first, prealign_affines, *fallback, stack, canvas, cfg, level,
+                    _refine_corrections(executor, first, prealign_affines, fallback, stack, canvas, cfg, level,
                                         summary, False)
                 for z in np.flatnonzero(corrected_members):
                     start_affines[z] = np.array(first[z]["affine"])
@@ -591,7 +592,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     # Each slice's final affine from its two measurements (amst.combine), then one resampling.
     combined, fallback = _combine(results, prealign_affines, pre_tf, canvas, cfg)
     if fallback is not None:
-        _refine_corrections(executor, results, prealign_affines, *fallback, stack, canvas, cfg, level, combined,
+        _refine_corrections(executor, results, prealign_affines, fallback, stack, canvas, cfg, level, combined,
                             progress)
     journal = state / "journal"
     journal.mkdir(parents=True, exist_ok=True)
@@ -713,7 +714,7 @@ def _prealign_noise(pre_tf: Transforms, registered: np.ndarray, usable: np.ndarr
 
 
 def _combine(results: dict[int, dict[str, Any]], prealign_affines: np.ndarray, pre_tf: Transforms,
-             canvas: tuple[int, int], cfg: RunConfig) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+             canvas: tuple[int, int], cfg: RunConfig) -> tuple[dict[str, Any], np.ndarray | None]:
     """Replace each registered affine in ``results`` by the combined one (in place); returns
     the stack-level summary recorded in ``transforms.json`` and the affines without linear
     correction (None when the registrations were kept as they are)."""
@@ -748,7 +749,7 @@ def _combine(results: dict[int, dict[str, Any]], prealign_affines: np.ndarray, p
              "noise %.3f px, registration %.3f / %.3f px)", summary["linear_applied"], int(usable.sum()),
              cfg.register.significance, " ".join(f"{v:.1e}" for v in combined.noise_linear),
              combined.translation_weight, combined.prealign_noise_px, *combined.noise_translation_px)
-    return summary, (combined.without_linear, combined.linear_trend)
+    return summary, combined.without_linear
 
 
 @dataclass
@@ -838,7 +839,7 @@ def refine_block(job: _RefineJob, first: int, last: int) -> list[dict[str, Any]]
 
 
 def _refine_corrections(executor: Any, results: dict[int, dict[str, Any]], prealign_affines: np.ndarray,
-                        without_linear: np.ndarray, trend: np.ndarray, stack: Stack, canvas: tuple[int, int], cfg: RunConfig, level: int,
+                        without_linear: np.ndarray, stack: Stack, canvas: tuple[int, int], cfg: RunConfig, level: int,
                         combined: dict[str, Any], progress: bool) -> None:
     """Re-measure the linear correction of each slice that needed one, against its nearest
     undistorted neighbours (in place in ``results``).
@@ -886,8 +887,8 @@ def _refine_corrections(executor: Any, results: dict[int, dict[str, Any]], preal
                 metrics = results[z]["metrics"]
                 metrics["refine_neighbours"] = list(neighbours[z])
                 if e["refined"]:
-                    spike = np.array(e["linear_deviation"]) - trend[z]
-                    significance = float(np.sqrt(np.sum((spike / noise) ** 2)))
+                    # The refined measurement as it is applied (the median template's trend is not in it).
+                    significance = float(np.sqrt(np.sum((np.array(e["linear_deviation"]) / noise) ** 2)))
                     metrics["refined_significance"] = round(significance, 3)
                     if significance > cfg.register.significance:
                         results[z]["affine"] = e["affine"]
