@@ -30,6 +30,13 @@ from amst.synth import SynthConfig, load_ground_truth, synthesize
 AMST = [sys.executable, "-m", "amst"]
 
 
+def _as_from_a_shell() -> None:
+    """Child set-up: Ctrl-C with its default meaning, as a shell starts a command. A child
+    otherwise inherits the disposition of the test process, which a test runner may have
+    changed (seen once in CI: every interrupt was ignored and the commands ran to the end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -353,7 +360,8 @@ def test_ctrl_c_during_a_run_is_one_line_and_the_rerun_resumes(dataset, tmp_path
     # whole 16-slice run could end before the signal did, on a quiet machine).
     cmd = [*AMST, "run", str(dataset / "raw"), str(tmp_path / "o"), "--backend", "elastix", "--quiet", "--no-report",
            "--workers", "2", "--block-size", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_as_from_a_shell)
     deadline = time.time() + 120
     while time.time() < deadline and len(_children(proc.pid)) < 2 and proc.poll() is None:
         time.sleep(0.1)
@@ -551,7 +559,7 @@ def test_apply_writes_the_voxel_size_of_the_run(dataset, tmp_path, caplog):
 @pytest.mark.parametrize("delay", [0.15, 0.3])
 def test_ctrl_c_during_start_up_is_one_line(dataset, delay):
     proc = subprocess.Popen([*AMST, "info", str(dataset / "raw")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_as_from_a_shell)
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
