@@ -52,11 +52,11 @@ import numpy as np
 
 from .transform import compose, invert
 
-__all__ = ["Combined", "combine_measurements", "prealign_noise_from_parts", "DEFAULT_SIGNIFICANCE"]
+__all__ = ["Combined", "combine_measurements", "prealign_noise_from_parts", "robust_sigma", "DEFAULT_SIGNIFICANCE"]
 
 #: Significance (in noise units) a correction must exceed to be applied; see the module docstring.
 DEFAULT_SIGNIFICANCE = 6.0
-_MAD_TO_SIGMA = 1.4826
+_MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 #: No measured noise is taken below this (px, or 1e-6 of a linear entry): a stack of identical
 #: slices has zero spread, and a zero noise would make every correction significant.
 _FLOOR_PX = 1e-3
@@ -70,10 +70,8 @@ class Combined:
     """What :func:`combine_measurements` decided, per slice and for the stack.
 
     ``affines`` are the final output -> raw maps; ``without_linear`` what each slice's would be
-    without its linear correction (the combined translation only); ``linear_trend`` (n, 4) the
-    local trend of the linear corrections (the template's slow bias, not applied);
-    ``linear_significance`` the size of each
-    slice's linear correction in noise units (NaN where the registration was not usable);
+    without its linear correction (the combined translation only); ``linear_significance`` the
+    size of each slice's linear correction in noise units (NaN where the registration was not usable);
     ``linear_applied`` whether it was applied; ``translation_significance`` the size of the
     translation disagreement in units of the joint noise; ``translation_weight`` the weight of
     the registration's translation; ``noise_linear`` (4,) and ``noise_translation_px`` (2,)
@@ -82,7 +80,6 @@ class Combined:
 
     affines: np.ndarray
     without_linear: np.ndarray
-    linear_trend: np.ndarray
     linear_significance: np.ndarray
     linear_applied: np.ndarray
     translation_significance: np.ndarray
@@ -102,7 +99,7 @@ class Combined:
                 "linear_applied": int(self.linear_applied.sum())}
 
 
-def _robust_sigma(values: np.ndarray, floor: float) -> np.ndarray:
+def robust_sigma(values: np.ndarray, floor: float = 0.0) -> np.ndarray:
     """Per-column robust standard deviation (1.4826 MAD about the median), at least ``floor``."""
     med = np.median(values, axis=0)
     return np.maximum(_MAD_TO_SIGMA * np.median(np.abs(values - med), axis=0), floor)
@@ -149,7 +146,7 @@ def prealign_noise_from_parts(prealign: np.ndarray, registered: np.ndarray, usab
     e = translation_disagreement(prealign, registered, reference_xy)[usable]
     t_pre = np.asarray(prealign, np.float64)[usable][:, :, 2]
     parts = np.asarray(part_shifts_px, np.float64)[usable]
-    var = lambda d: _robust_sigma(d, _FLOOR_PX) ** 2  # noqa: E731
+    var = lambda d: robust_sigma(d, _FLOOR_PX) ** 2  # noqa: E731
     # R(c) - (c + origin + t_i) = e + t_P - t_i; the constant (origin, the parts' reference)
     # does not change a variance.
     s_r2 = np.mean([np.maximum(var(e + t_pre - parts[:, i]) - np.asarray(part_noise_px)[i] ** 2, _FLOOR_PX ** 2)
@@ -161,7 +158,7 @@ def prealign_noise_from_parts(prealign: np.ndarray, registered: np.ndarray, usab
 def _spikes(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Slices whose entries stand far out (robust z > 5 in some entry, from the whole stack's
     spread): left out of the local trend, so an event does not pull its neighbours' trend."""
-    scale = _robust_sigma(values[usable], _FLOOR_LINEAR)
+    scale = robust_sigma(values[usable], _FLOOR_LINEAR)
     med = np.median(values[usable], axis=0)
     return np.any(np.abs(values - med) / scale > 5.0, axis=1)
 
@@ -234,8 +231,8 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     deviation = (linear - np.eye(2)).reshape(n, 4)
 
     # Slices whose corrections are all within noise (robust first look) measure the noise model.
-    scale_l = _robust_sigma(deviation[usable], _FLOOR_LINEAR)
-    scale_e = _robust_sigma(offset[usable], _FLOOR_PX)
+    scale_l = robust_sigma(deviation[usable], _FLOOR_LINEAR)
+    scale_e = robust_sigma(offset[usable], _FLOOR_PX)
     calm = usable & measured & (np.sum((deviation / scale_l) ** 2, axis=1) < _CHI2_99[4]) \
         & (np.sum((offset / scale_e) ** 2, axis=1) < _CHI2_99[2])
     if calm.sum() < 8:
@@ -246,7 +243,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     coef = np.linalg.lstsq(design, deviation[calm], rcond=None)[0]
     slope = coef[:2]  # (2, 4)
     sigma_p2 = float(prealign_noise_px) ** 2
-    noise_e2 = _robust_sigma(offset[calm], _FLOOR_PX) ** 2
+    noise_e2 = robust_sigma(offset[calm], _FLOOR_PX) ** 2
     # The spread of e holds both noises; the registration's is what the pre-alignment's leaves.
     sigma_t2 = np.maximum(noise_e2 - sigma_p2, (0.1 * np.sqrt(noise_e2)) ** 2)
     # An unmeasured pre-alignment noise (inf) gives the registration all the weight.
@@ -262,7 +259,7 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     # the template's, is not applied.
     trend = _local_trend(residual, usable & ~_spikes(residual, usable), trend_radius)
     spike = residual - trend
-    noise_linear = _robust_sigma(spike[calm], _FLOOR_LINEAR)
+    noise_linear = robust_sigma(spike[calm], _FLOOR_LINEAR)
     centre = np.median(spike[calm], axis=0)
     residual = spike
 
@@ -283,5 +280,5 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
             d[:, :2] = m
             d[:, 2] = c - m @ c + w * offset[z]
             target[z] = compose(prealign[z], d)
-    return Combined(out, plain, trend, lin_sig, applied, t_sig, weight, noise_linear, noise_t, float(prealign_noise_px),
+    return Combined(out, plain, lin_sig, applied, t_sig, weight, noise_linear, noise_t, float(prealign_noise_px),
                     (float(c[0]), float(c[1])))

@@ -418,9 +418,11 @@ def _clear_interrupted_claim(out: Path) -> None:
     inside = list(state.iterdir())
     partial = state / f".{MARKER}.partial"
     if all(p == partial and p.is_file() and not p.is_symlink() for p in inside):
-        for p in inside:
-            p.unlink()
-        state.rmdir()
+        try:  # another amst claiming the same folder at once may be writing it: leave it to that one
+            partial.unlink(missing_ok=True)
+            state.rmdir()
+        except OSError:
+            return
 
 
 def mark_complete(out: str | Path, ownership: Ownership) -> None:

@@ -336,7 +336,8 @@ def _distorted(corrected: np.ndarray, prealigned: np.ndarray, canvas: tuple[int,
         return np.zeros(len(d), bool)
     out = d > limit
     if out.any():
-        log.info("left out of pass-2 templates (distortion > %.1f px): %s", limit, np.flatnonzero(out).tolist())
+        log.info("placed in pass-2 templates by pass 1's estimate (distortion > %.1f px): %s", limit,
+                 np.flatnonzero(out).tolist())
     return out
 
 
@@ -686,7 +687,7 @@ def _reference_point(pre_tf: Transforms, prealign_affines: np.ndarray, canvas: t
     return (canvas[1] - 1) / 2.0, (canvas[0] - 1) / 2.0
 
 
-def _prealign_noise(pre_tf: Transforms, registered: np.ndarray, usable: np.ndarray,
+def _prealign_noise(pre_tf: Transforms, prealign_affines: np.ndarray, registered: np.ndarray, usable: np.ndarray,
                     reference_xy: tuple[float, float]) -> float:
     """The pre-alignment's translation noise (px per axis), measured in this run; inf when it cannot be.
 
@@ -696,7 +697,6 @@ def _prealign_noise(pre_tf: Transforms, registered: np.ndarray, usable: np.ndarr
     slice sits between two pairs of the smallest gap, so its position noise is that / sqrt 2.
     """
     info = pre_tf.extra.get("prealign_info", {})
-    prealign_affines = np.array([s.prealign for s in pre_tf.slices])
     if info.get("method") == "tm" and info.get("tm_thirds_noise_px"):
         parts = np.array([s.metrics.get("tm_thirds_px", np.full((3, 2), np.nan)) for s in pre_tf.slices], float)
         noise = prealign_noise_from_parts(prealign_affines, registered, usable, reference_xy=reference_xy,
@@ -729,7 +729,8 @@ def _combine(results: dict[int, dict[str, Any]], prealign_affines: np.ndarray, p
     registered = np.array([results[z]["affine"] for z in range(n)], np.float64)
     reference = _reference_point(pre_tf, prealign_affines, canvas)
     combined = combine_measurements(prealign_affines, registered, usable, reference_xy=reference,
-                                    prealign_noise_px=_prealign_noise(pre_tf, registered, usable, reference),
+                                    prealign_noise_px=_prealign_noise(pre_tf, prealign_affines, registered, usable,
+                                                                     reference),
                                     significance=cfg.register.significance,
                                     trend_radius=cfg.template.median_radius,
                                     prealign_measured=np.array([s.status == "ok" for s in pre_tf.slices]))

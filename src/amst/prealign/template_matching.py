@@ -9,6 +9,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from ..combine import robust_sigma
 from ..parallel import ordered_map
 from ..register.base import RegistrationError
 from ..register.fast import register_fast
@@ -51,8 +52,7 @@ def part_noises_px(thirds: np.ndarray) -> np.ndarray | None:
     t = thirds[good]
 
     def var(i: int, j: int) -> np.ndarray:
-        d = t[:, i] - t[:, j]
-        return (1.4826 * np.median(np.abs(d - np.median(d, axis=0)), axis=0)) ** 2
+        return robust_sigma(t[:, i] - t[:, j]) ** 2
 
     v12, v13, v23 = var(0, 1), var(0, 2), var(1, 2)
     floor = 1e-6 + 0.01 * (v12 + v13 + v23) / 3  # a negative estimate (sampling noise) is not a zero noise
