@@ -4,7 +4,9 @@
                                     [--ends shrink mirror] [--shape 80 512 512] [--flags]
 
 For every content (``phantom``: ``amst synth``; ``texture``: the phantom with real EM texture,
-``real_2d/neuropil_sstem_1000.h5``), seed and k in ``--at-ends`` it synthesises a stack with
+``real_2d/neuropil_sstem_1000.h5``; ``volume``: real FIB-SEM content, ``amst synth --from-volume
+fibsem_isotropic/flyem_medulla_250.tif`` at 6 nm slices, the depth of ``--shape`` by 202 x 202,
+marks cap a quarter of the field high as in ``benchmarks/real_content.py``), seed and k in ``--at-ends`` it synthesises a stack with
 auto-focus events on the first k and the last k slices (``autofocus_at``) on top of the
 random ones, aligns it once per ``template.ends`` rule (``--backend fast``, two passes) and
 prints the ground-truth error (RMS over the slice after one global transform, px):
@@ -41,10 +43,21 @@ from amst.quality.flags import FlagRule, residual_flags, robust_z
 from amst.quality.ground_truth import slice_errors
 from amst.quality.report import build_report
 from amst.quality.residual import jitter_shift
+from amst.stack import VoxelSize
 from amst.synth import SynthConfig, load_ground_truth, synthesize
 from amst.transforms_io import load_transforms
 
 TEXTURE = "real_2d/neuropil_sstem_1000.h5"
+VOLUME = "fibsem_isotropic/flyem_medulla_250.tif"
+
+
+def stack_config(content: str, shape: tuple[int, int, int], seed: int, shared: Path, k: int) -> SynthConfig:
+    n = shape[0]
+    if content == "volume":
+        return SynthConfig(shape=(n, 202, 202), seed=seed, voxel_size=VoxelSize(6.0, 10.0, 10.0),
+                           volume=str(shared / VOLUME), cap_height=0.25, autofocus_at=events_at(k, n))
+    texture = str(shared / TEXTURE) if content == "texture" else None
+    return SynthConfig(shape=shape, seed=seed, texture=texture, autofocus_at=events_at(k, n))
 
 
 def events_at(k: int, n: int) -> tuple[int, ...]:
@@ -96,7 +109,7 @@ def misaligned_check(run: Path, raw: Path, gt: dict, slice_z: int, shift_px: flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap.add_argument("--content", nargs="+", default=["phantom", "texture"], choices=["phantom", "texture"])
+    ap.add_argument("--content", nargs="+", default=["phantom", "texture"], choices=["phantom", "texture", "volume"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--at-ends", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--ends", nargs="+", default=["shrink", "extend"])
@@ -116,12 +129,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_root:
         tmp_root = Path(tmp_root)
         for content in args.content:
-            texture = str(Path(args.shared) / TEXTURE) if content == "texture" else None
             for k in args.at_ends:
                 for seed in args.seeds:
                     data = tmp_root / f"{content}_{k}_{seed}"
-                    synthesize(data, SynthConfig(shape=tuple(args.shape), seed=seed, texture=texture,
-                                                 autofocus_at=events_at(k, n)), workers=args.workers)
+                    synthesize(data, stack_config(content, tuple(args.shape), seed, Path(args.shared), k),
+                               workers=args.workers)
                     gt = load_ground_truth(data / "ground_truth.json")
                     af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
                     for ends in args.ends:

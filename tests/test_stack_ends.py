@@ -110,3 +110,66 @@ def test_benchmark_counts_only_interior_events_as_the_other_auto_focus_slices():
     got = bench.measure(err, af, 1, radius)
     assert got["af_other"] == pytest.approx(0.2)
     assert got["first"] == pytest.approx(0.5) and got["last"] == pytest.approx(0.6)
+
+
+def test_one_sided_measurement_takes_out_the_contents_change_with_depth():
+    from amst.pipeline import _extrapolated_linear
+
+    growth = np.array([[0.002, 0.0005], [-0.001, 0.001]])  # the content's change per slice
+    distortion = np.array([[1.006, 0.0], [0.0, 0.997]])
+    for z, a, p, q in ((0, 1, 1, 2), (79, 78, 77, 76), (5, 7, 8, 10), (0, 1, 3, 4)):
+        seen_za = distortion + (a - z) * growth          # slice z registered to slice a
+        seen_pq = np.eye(2) + (q - p) * growth           # undistorted p registered to q
+        np.testing.assert_allclose(_extrapolated_linear(seen_za, seen_pq, z, a, p, q), distortion, atol=1e-12)
+
+
+def test_refine_plan_is_two_sided_inside_and_one_sided_with_a_motion_pair_at_the_ends():
+    from amst.pipeline import _RefinePlan, _refine_plan
+
+    n = 20
+    usable = np.ones(n, bool)
+    needs = np.zeros(n, bool)
+    needs[[0, 9, 10, 19]] = True
+    assert _refine_plan(9, needs, usable) == _RefinePlan((8, 11))
+    assert _refine_plan(0, needs, usable) == _RefinePlan((1,), (1, 2))
+    assert _refine_plan(19, needs, usable) == _RefinePlan((18,), (18, 17))
+    corrected = np.zeros(n, bool)
+    corrected[1] = True  # slice 1 settled with a correction: the motion pair starts beyond it
+    assert _refine_plan(0, needs, usable, corrected) == _RefinePlan((1,), (2, 3))
+    needs[1] = True   # the nearest is two away: the motion pair spans two slices too
+    assert _refine_plan(0, needs, usable) == _RefinePlan((2,), (2, 4))
+    usable[3:] = False  # nothing beyond the neighbour: measured against it alone
+    assert _refine_plan(0, needs, usable) == _RefinePlan((2,))
+    needs[:4] = True
+    assert _refine_plan(0, needs, np.ones(n, bool)) == _RefinePlan(())  # none within three slices
+
+
+def test_events_on_the_first_and_last_slices_are_corrected(tmp_path):
+    """With the default template.ends ("extend") and the one-sided refinement, events on the first
+    two and the last slice are corrected, next to a random event (slices 23-25) near the end
+    whose neighbour the median template flags falsely, and no event-free slice is made worse."""
+    import amst
+    from amst.quality.ground_truth import slice_errors
+    from amst.synth import SynthConfig, load_ground_truth, synthesize
+
+    n = 30
+    data = tmp_path / "data"
+    synthesize(data, SynthConfig(shape=(n, 320, 320), seed=4, autofocus_at=(0, 1, n - 1)), workers=2)
+    gt = load_ground_truth(data / "ground_truth.json")
+    af = np.array(["autofocus" in s["events"] for s in gt["slices"]])
+    res = amst.align(data / "raw", tmp_path / "out", prealign="tm", backend="fast", workers=2, progress=False)
+    assert res.config.template.ends == "extend"
+    tf = res.transforms
+    pre = np.array([s.prealign for s in tf.slices])
+    e_pre = slice_errors(pre, gt["maps"], tf.canvas_shape_yx, (320, 320))["rms"]
+    e_amst = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, (320, 320))["rms"]
+    ends = [0, 1, n - 1]
+    print("end slices TM", e_pre[ends].round(3), "AMST", e_amst[ends].round(3), "other events",
+          e_amst[af & ~np.isin(np.arange(n), ends)].round(3))
+    assert all(tf.slices[z].metrics["linear_applied"] for z in ends)
+    # one-sided, from the inside out: slice 0 against the refined slice 1, less the content's
+    # change measured between the next two uncorrected slices
+    assert tf.slices[0].metrics["refine_neighbours"] == [1] and tf.slices[0].metrics["refine_motion_pair"] == [2, 3]
+    assert tf.slices[n - 1].metrics["refine_neighbours"] == [n - 2]
+    assert e_amst[ends].max() < 0.25 < 0.5 < e_pre[ends].min()
+    assert np.sum(e_amst[~af] - e_pre[~af] > 0.1) == 0

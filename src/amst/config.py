@@ -48,7 +48,7 @@ class TemplateConfig:
     second_pass_from: str = "prealigned"
     outlier_distortion_px: float = 1.0
     balanced: bool = False   # a slice left out of a window also takes out its mirror partner
-    ends: str = "shrink"     # mirror | shrink | extend: the window at the stack ends (see amst.template)
+    ends: str = "extend"     # mirror | shrink | extend: the window at the stack ends (see amst.template)
 
 
 @dataclass
