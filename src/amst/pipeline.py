@@ -821,9 +821,7 @@ def _refine_plan(z: int, unsettled: np.ndarray, usable: np.ndarray,
     a = neighbours[0]
     step = 1 if a > z else -1
     gap = abs(a - z)
-    for p in (a + step * d for d in range(_MAX_EVENT_SLICES + 1)):
-        if not 0 <= p < n:
-            break
+    for p in (a + step * d for d in range(_MAX_EVENT_SLICES + 1) if 0 <= a + step * d < n):
         if not clean[p]:
             continue
         beyond = [p + step * d for d in range(1, gap + _MAX_EVENT_SLICES + 1)
@@ -973,10 +971,10 @@ def _refine_corrections(executor: Any, results: dict[int, dict[str, Any]], preal
     n = len(results)
     usable = np.array([results[z]["status"] == "ok" for z in range(n)])
     needs = np.array([bool(results[z]["metrics"].get("linear_applied")) for z in range(n)])
-    unsettled = needs.copy()
-    targets = [int(z) for z in np.flatnonzero(unsettled)]
+    targets = [int(z) for z in np.flatnonzero(needs)]
     if not targets:
         return
+    unsettled = needs.copy()
     noise = np.asarray(combined["noise_linear"])
     reference_xy = tuple(combined["reference_xy"])
     pending = set(targets)
