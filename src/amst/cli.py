@@ -332,21 +332,33 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
 @click.option("--autofocus-at", cls=_NumbersOption, default=None, metavar="Z [Z ...]", type=_Numbers(int),
               help="Also place auto-focus events at these slices (consecutive slices: one event), e.g. the "
                    "first or last few.  [default: none]")
+@click.option("--z-variation", "z_variation", type=float, default=None, metavar="AMPLITUDE",
+              help="Mill unevenly: each slice's thickness varies smoothly by up to this fraction of the step "
+                   "(0.3: +-30 %%, at most 0.5), plus --z-events abrupt ones; ground_truth.json records each "
+                   "slice's true depth (z_nm).  [default: even milling]")
+@click.option("--z-length", "z_length", type=float, default=12.0, show_default=True,
+              help="With --z-variation: correlation length of the smooth variation, in slices.")
+@click.option("--z-events", "z_events", type=int, default=2, show_default=True,
+              help="With --z-variation: abrupt slices, alternately double-thick and 0.3 steps thin.")
 @click.option("--out-format", type=click.Choice(["tiff", "zarr"]), default="tiff", show_default=True)
 @click.option("--clean", is_flag=True, help="Also write the undistorted noise-free volume.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier amst synth output in OUT (only the files amst wrote there).")
 def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, from_volume, cap_height, texture, warp_z_scale,
-          autofocus_at, out_format, clean, workers, overwrite) -> None:
+          autofocus_at, z_variation, z_length, z_events, out_format, clean, workers, overwrite) -> None:
     """Write a synthetic FIB-SEM stack with exact ground truth to OUT."""
     from tqdm import tqdm
 
     from .synth import SynthConfig, synthesize
+    from .synth.milling import MillingParams
     from .synth.volume import volume_defaults
 
+    milling = MillingParams(z_variation, z_length, z_events) if z_variation is not None else None
     if from_volume:
         default_shape, default_voxel = volume_defaults(from_volume, voxel_size)
+        if milling is not None:  # uneven slices reach deeper than even ones: leave room
+            default_shape = (max(int(default_shape[0] / (1 + milling.amplitude)) - 2, 1), *default_shape[1:])
         shape = tuple(shape) if shape else default_shape
         voxel_size = tuple(voxel_size) if voxel_size else default_voxel
     shape = tuple(shape or (100, 1024, 1024))
@@ -354,7 +366,7 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, from_volume, ca
     cfg = SynthConfig(shape=shape, preset=preset, seed=seed, dtype=dtype,
                       voxel_size=VoxelSize.from_values(*voxel_size), marks=False if no_marks else None,
                       texture=texture, warp_z_scale=warp_z_scale, autofocus_at=tuple(autofocus_at or ()),
-                      volume=from_volume, cap_height=cap_height)
+                      volume=from_volume, cap_height=cap_height, z_variation=milling)
     t0 = time.perf_counter()
     with tqdm(total=shape[0], desc="synth", unit="slice") as bar:
         synthesize(out, cfg, out_format=out_format, write_clean=clean, workers=workers, progress=bar.update,
@@ -515,6 +527,10 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
 @click.option("--cluster", type=click.Choice(["slurm"]), default=None,
               help="Start workers with dask-jobqueue (options in the config's execution.slurm section).")
+@click.option("--z-spacing", "z_spacing", type=click.Choice(["off", "estimate", "resample"]), default=None,
+              help=_help("Measure each slice's depth from the images after alignment (estimate: into "
+                         "transforms.json as z_nm and the report); resample: also write OUT/aligned_z on an even "
+                         "z grid at the nominal step.", "z_spacing"))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config.")
 @click.option("--overwrite", is_flag=True, help="Replace an OUT that holds a run with other parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -574,15 +590,37 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
 @click.option("--workers", type=int, default=None)
 @click.option("--channel", type=int, default=None, help="Detector channel of a multi-channel input (.dat, OME-Zarr).")
 @click.option("--overwrite", is_flag=True)
+@click.option("--z-spacing", "z_spacing", type=click.Choice(["off", "resample"]), default="off", show_default=True,
+              help="resample: write on an even z grid at the nominal step, from the slice depths (z_nm) in "
+                   "TRANSFORMS (labels with --order nearest take the nearer slice).")
 @_voxel_option
-def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, workers, channel, overwrite,
+def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, workers, channel, overwrite, z_spacing,
               voxel_size) -> None:
     """Re-apply saved TRANSFORMS to another channel or label stack INPUT (voxel size: the run's)."""
     from .pipeline import apply
 
     path = apply(transforms, input, out, order=order, out_format=out_format, workers=workers, overwrite=overwrite,
-                 pattern=pattern, dataset=dataset, channel=channel, voxel_size=_voxel(voxel_size))
+                 pattern=pattern, dataset=dataset, channel=channel, voxel_size=_voxel(voxel_size),
+                 z_spacing=z_spacing)
     click.echo(f"wrote {path}")
+
+
+@main.command("zspacing")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--max-gap", type=int, default=2, show_default=True, help="Measure slice pairs up to this far apart.")
+@click.option("--calibration", type=click.Choice(["nominal", "in-plane"]), default="nominal", show_default=True,
+              help="nominal: the mean thickness is the voxel size's z step; in-plane: the scale from the images "
+                   "too (right only for isotropic imaging).")
+@click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
+def zspacing_cmd(out, max_gap, calibration, workers) -> None:
+    """Estimate each slice's depth in the aligned run OUT and record it in OUT/transforms.json (z_nm)."""
+    from .zspacing.run_folder import estimate_run_depths
+
+    summary = estimate_run_depths(Path(out), max_gap=max_gap, calibration=calibration, workers=workers)
+    rng = summary["thickness_range_nm"]
+    click.echo(f"z spacing of {out}: mean thickness {summary['mean_thickness_nm']:.2f} nm (nominal "
+               f"{summary['nominal_nm']:.2f}), range {rng[0]:.2f}-{rng[1]:.2f} nm, isotropy ratio "
+               f"{summary['isotropy_ratio']:.3f}; written to {Path(out) / 'transforms.json'}")
 
 
 @main.command()

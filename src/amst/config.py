@@ -19,6 +19,9 @@ from .prealign import PrealignConfig
 from .register.elastix import validate_parameters as validate_elastix_parameters
 from .register.fast import validate_params as validate_fast_params
 
+if typing.TYPE_CHECKING:
+    from .zspacing import ZSpacingParams
+
 # The coarsest level of an output pyramid keeps at least this many px on the canvas's short side.
 MIN_PYRAMID_SIDE = 16
 
@@ -102,6 +105,26 @@ class OutputConfig:
 
 
 @dataclass
+class ZSpacingConfig:
+    # off; estimate: each slice's depth from the images (amst.zspacing) into transforms.json;
+    # resample: also write the output on an even z grid at the nominal step (aligned_z).
+    mode: str = "off"
+    max_gap: int = 2
+    tile: int = 16
+    region: int = 1024
+    calibration: str = "nominal"  # nominal: mean thickness = the voxel size's z; in-plane: from isotropy
+
+    def validate(self) -> None:
+        _choice("z_spacing.mode", self.mode, ("off", "estimate", "resample"))
+        self.params()
+
+    def params(self) -> "ZSpacingParams":
+        from .zspacing import ZSpacingParams
+
+        return ZSpacingParams(max_gap=self.max_gap, tile=self.tile, region=self.region, calibration=self.calibration)
+
+
+@dataclass
 class ExecutionConfig:
     workers: int | None = None
     block_size: int | None = None
@@ -119,6 +142,7 @@ class RunConfig:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    z_spacing: ZSpacingConfig = field(default_factory=ZSpacingConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def validate(self) -> "RunConfig":
@@ -142,6 +166,7 @@ class RunConfig:
             raise ValueError(f"template.median_radius: {self.template.median_radius} must be >= 1 (the paper uses 7); "
                              "with 0 each slice would be its own template and nothing would be corrected")
         self.register.validate()
+        self.z_spacing.validate()
         if self.output.pyramid_levels < 1:
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} must be >= 1")
         if self.output.pyramid_levels > 1 and self.output.out_format != "zarr":
@@ -166,6 +191,8 @@ class RunConfig:
         d = self.to_dict()
         d.pop("execution")
         d["register"].pop("max_fallback_fraction")
+        if d["z_spacing"]["mode"] == "off":
+            d.pop("z_spacing")  # runs without it keep the digest they had before it existed
         return d
 
 
@@ -218,6 +245,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "ngff_version": "output.ngff_version", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",
+    "z_spacing": "z_spacing.mode",
 }
 
 

@@ -38,6 +38,7 @@ from .journal import drop_missing_output, journal_entry, open_output_stack, read
 from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
                      mark_complete, read_ownership, refuse_overlap, unknown_files, write_ownership)
 from .warp import warp_slice
+from .zspacing.stackwise import with_depths
 
 log = logging.getLogger("amst")
 
@@ -142,8 +143,21 @@ def _run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -
     output = (OwnedEntry(_output_name(cfg), "zarr", levels) if fmt == "zarr"
               else OwnedEntry(_output_name(cfg), "file") if output_is_file(fmt)
               else OwnedEntry(_output_name(cfg), "tiff", tuple(tiff_names)))
-    return [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
-            OwnedEntry("transforms.json", "file"), output, OwnedEntry("report", "report")]
+    entries = [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
+               OwnedEntry("transforms.json", "file"), output, OwnedEntry("report", "report")]
+    if cfg.z_spacing.mode == "resample":
+        entries.append(_even_z_entry(fmt))
+    return entries
+
+
+def _even_z_entry(fmt: str, tiff_names: tuple[str, ...] | list[str] = ()) -> OwnedEntry:
+    """The owned entry of a run's even-z output (``z_spacing.mode: resample``)."""
+    from .stack import output_is_file
+    from .zspacing.stackwise import EVEN_Z_OUTPUT
+
+    name = EVEN_Z_OUTPUT[fmt]
+    return (OwnedEntry(name, "zarr", ("0",)) if fmt == "zarr" else OwnedEntry(name, "file") if output_is_file(fmt)
+            else OwnedEntry(name, "tiff", tuple(tiff_names)))
 
 
 def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], parts: dict[str, Any],
@@ -474,6 +488,12 @@ def _validate_for_stack(cfg: RunConfig, stack: Stack, prealigned: Stack | None) 
         validate_for_stack(cfg.prealign, len(stack), tuple(stack.shape[1:]), stack.voxel_size)
     validate_for_canvas(cfg, tuple(stack.shape[1:]))
     check_output_fits(cfg.output.out_format, (len(stack), *stack.shape[1:]), stack.dtype)
+    if cfg.z_spacing.mode != "off" and stack.voxel_size is None:
+        raise ValueError(f"z_spacing.mode {cfg.z_spacing.mode}: {stack.path} has no voxel size, and slice depths "
+                         "need the nominal step and the pixel size; give --voxel-size Z Y X (nm)")
+    if cfg.z_spacing.mode != "off" and len(stack) < 3:
+        raise ValueError(f"z_spacing.mode {cfg.z_spacing.mode}: {stack.path} has {len(stack)} slices; measuring "
+                         "slice depths needs at least 3")
 
 
 def _attach_log(path: Path) -> logging.Handler:
@@ -614,6 +634,10 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     for z, e in done.items():
         for k, v in e["timings"].items():
             results[z].setdefault("timings", {})[k] = results[z].get("timings", {}).get(k, 0.0) + v
+    depths, z_seconds = None, {}
+    if cfg.z_spacing.mode != "off":
+        depths, z_seconds = _depths_and_even_z(stack, out, out_stack, np.array([results[z]["affine"] for z in range(n)]),
+                                               canvas, cfg, writer_spec, ownership, workers, progress)
 
     # Assemble transforms.json last: its presence marks a complete run.
     slices = []
@@ -628,6 +652,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
         for k, v in e.get("timings", {}).items():
             totals[k] += v
     totals["prealign"] = prealign_seconds
+    totals.update(z_seconds)
     per_slice = {k: v / n for k, v in totals.items()}
     tf = Transforms(canvas, slices, stack.voxel_size,
                     {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
@@ -635,6 +660,8 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
                      "timings_per_slice_s": per_slice, "output": out_stack.name,
                      "input_provenance": stack.provenance()},
                     input_shape_yx=tuple(int(v) for v in stack.shape[1:]))
+    if depths is not None:
+        tf = with_depths(tf, depths)
     tf.save(out / "transforms.json")
     mark_complete(out, ownership)
     checks = [x for x in slices if x.metrics.get("check")]
@@ -645,6 +672,47 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     log.info("done: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     log.info("time per slice (s): %s", "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items()))
     return AlignResult(out, out_stack, tf, per_slice, per_pass[-1], per_pass, cfg)
+
+
+def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, affines: np.ndarray, canvas: tuple[int, int],
+                       cfg: RunConfig, writer_spec: dict[str, Any], ownership: Ownership, workers: int,
+                       progress: bool) -> tuple[Any, dict[str, float]]:
+    """Estimate each slice's depth on the written output and, for ``resample``, write the even-z output.
+
+    Returns the depths and the seconds of the two stages (``z_spacing``, ``even_z``).
+    """
+    from tqdm import tqdm
+
+    from .zspacing.stackwise import estimate_stack_depths, even_grid, even_names, output_path, write_even_grid
+
+    t0 = time.perf_counter()
+    with tqdm(total=len(stack), desc="z spacing", unit="slice", disable=not progress) as bar:
+        depths = estimate_stack_depths(open_stack(out_stack), stack.voxel_size, cfg.z_spacing.params(),
+                                       workers=workers, progress=bar.update)
+    seconds = {"z_spacing": time.perf_counter() - t0}
+    summary = depths.summary()
+    log.info("z spacing: mean thickness %.2f nm (nominal %.2f), range %.2f-%.2f nm, isotropy ratio %.3f, %d "
+             "slice(s) without a measurement", summary["mean_thickness_nm"], depths.nominal_nm,
+             *summary["thickness_range_nm"], depths.isotropy_ratio, len(summary["unmeasured_slices"]))
+    if cfg.z_spacing.mode != "resample":
+        return depths, seconds
+    t0 = time.perf_counter()
+    grid = even_grid(depths.z_nm, depths.nominal_nm)
+    fmt = cfg.output.out_format
+    names = even_names(len(grid))
+    writer = create_writer(output_path(out, fmt), fmt, (len(grid), *canvas), stack.dtype, stack.voxel_size,
+                           names=names, ngff_version=cfg.output.ngff_version, provenance=writer_spec["provenance"])
+    ownership.entries[:] = [e for e in ownership.entries if e.name != output_path(out, fmt).name]
+    ownership.entries.append(_even_z_entry(fmt, getattr(writer, "names", names)))
+    write_ownership(out, ownership)
+    with tqdm(total=len(grid), desc="even z", unit="slice", disable=not progress) as bar:
+        write_even_grid(stack, affines, canvas, grid, writer, order=cfg.warp.order, workers=workers,
+                        progress=bar.update)
+    writer.close()
+    seconds["even_z"] = time.perf_counter() - t0
+    log.info("even z grid: %d slices of %.2f nm from %d aligned slices -> %s", len(grid), depths.nominal_nm,
+             len(stack), output_path(out, fmt))
+    return depths, seconds
 
 
 def _fmt(value: Any) -> str:
@@ -1088,7 +1156,7 @@ def resample_block(job: _WriteJob, first: int, last: int) -> list[dict[str, Any]
 def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: str = "cubic",
           out_format: str | None = None, workers: int | None = None, overwrite: bool = False,
           pattern: str | None = None, dataset: str | None = None, channel: int | None = None,
-          voxel_size: VoxelSize | None = None, progress: bool = True) -> Path:
+          voxel_size: VoxelSize | None = None, z_spacing: str = "off", progress: bool = True) -> Path:
     """Re-apply the affines of ``transforms.json`` to another stack (channel, labels).
 
     Parameters
@@ -1102,6 +1170,9 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     channel : detector channel of a multi-channel input (Janelia ``.dat``, OME-Zarr).
     voxel_size : overrides the voxel size written; by default the run's (``transforms.json``),
         else the input's. A run's and an input's that differ by more than 1 % are warned about.
+    z_spacing : ``"resample"`` writes the output on an even z grid at the nominal step, from
+        the slice depths (``z_nm``) of ``transforms.json`` (:mod:`amst.zspacing.grid`; labels
+        with ``nearest`` take the nearer slice); ``"off"`` one output slice per input slice.
 
     Returns
     -------
@@ -1112,7 +1183,17 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
 
     if order not in ("cubic", "linear", "nearest"):
         raise ValueError(f"order: {order!r} is not allowed; use cubic, linear or nearest (labels)")
+    if z_spacing not in ("off", "resample"):
+        raise ValueError(f"z_spacing: {z_spacing!r} is not allowed; use off or resample")
     tf = load_transforms(transforms)
+    grid = None
+    if z_spacing == "resample":
+        from .zspacing.stackwise import grid_for
+
+        try:
+            grid = grid_for(tf)
+        except ValueError as exc:
+            raise ValueError(f"{transforms}: {exc}") from exc
     stack = open_stack(input, pattern=pattern, dataset=dataset, channel=channel)
     out_voxel = voxel_size or tf.voxel_size or stack.voxel_size
     if voxel_size is None and tf.voxel_size and stack.voxel_size and not _same_voxel(tf.voxel_size, stack.voxel_size):
@@ -1135,13 +1216,24 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     protected = {"the input": stack.path, "the transforms file": Path(transforms)}
     claim_output(out, kind="apply", entries=[OwnedEntry(".", fmt)], overwrite=overwrite, protected=protected)
     canvas = tuple(tf.canvas_shape_yx)
-    writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, out_voxel, names=stack.names)
+    if grid is not None:
+        from .zspacing.stackwise import even_names, write_even_grid
+
+        writer = create_writer(out, fmt, (len(grid), *canvas), stack.dtype, out_voxel, names=even_names(len(grid)))
+    else:
+        writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, out_voxel, names=stack.names)
     ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ("0",))))])
     write_ownership(out, ownership)  # again: creating a Zarr store may have cleared the folder
 
     def one(z: int) -> None:
         writer.write(z, warp_slice(stack.read(z), tf.slices[z].affine, canvas, order))
 
+    if grid is not None:
+        with tqdm(total=len(grid), desc="apply (even z)", unit="slice", disable=not progress) as bar:
+            write_even_grid(stack, tf.affines, canvas, grid, writer, order=order, workers=default_workers(workers),
+                            progress=bar.update)
+        mark_complete(out, ownership)
+        return out
     with tqdm(total=len(stack), desc="apply", unit="slice", disable=not progress) as bar:
         for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
             bar.update(1)

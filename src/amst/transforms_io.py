@@ -27,12 +27,18 @@ class SliceTransform:
     affine: np.ndarray
     status: str = "ok"
     metrics: dict[str, Any] = field(default_factory=dict)
+    z_nm: float | None = None  # estimated depth (slice 0 at 0), when the run or `amst zspacing` measured it
+    z_nm_sd: float | None = None  # its standard deviation
 
     def to_json(self) -> dict[str, Any]:
         if self.status not in STATUSES:
             raise ValueError(f"slice {self.index}: status {self.status!r} is not one of {STATUSES}")
-        return {"index": self.index, "name": self.name, "prealign": to_list(self.prealign),
-                "affine": to_list(self.affine), "status": self.status, "metrics": jsonable(self.metrics)}
+        doc = {"index": self.index, "name": self.name, "prealign": to_list(self.prealign),
+               "affine": to_list(self.affine), "status": self.status, "metrics": jsonable(self.metrics)}
+        if self.z_nm is not None:
+            doc["z_nm"] = float(self.z_nm)
+            doc["z_nm_sd"] = None if self.z_nm_sd is None else jsonable(float(self.z_nm_sd))
+        return doc
 
 
 @dataclass
@@ -49,6 +55,13 @@ class Transforms:
     def affines(self) -> np.ndarray:
         """(n, 2, 3) array of the full output-to-raw affines."""
         return np.array([s.affine for s in self.slices])
+
+    @property
+    def z_nm(self) -> np.ndarray | None:
+        """Estimated depth of every slice (nm, slice 0 at 0), or None when not measured."""
+        if not self.slices or any(s.z_nm is None for s in self.slices):
+            return None
+        return np.array([s.z_nm for s in self.slices], dtype=np.float64)
 
     def to_json(self) -> dict[str, Any]:
         doc = {"format": FORMAT, "version": VERSION, "convention": "output_xy_to_input_xy",
@@ -81,7 +94,8 @@ def load_transforms(path: str | Path) -> Transforms:
         try:
             slices.append(SliceTransform(int(s["index"]), s.get("name", f"slice {s['index']}"),
                                          as_affine(s["prealign"]), as_affine(s["affine"]), s.get("status", "ok"),
-                                         s.get("metrics", {})))
+                                         s.get("metrics", {}), _optional_float(s, "z_nm"),
+                                         _optional_float(s, "z_nm_sd")))
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}: slice entry {s.get('index')} is invalid ({exc})") from exc
     vs = VoxelSize.from_dict(doc["voxel_size"]) if doc.get("voxel_size") else None
@@ -90,6 +104,16 @@ def load_transforms(path: str | Path) -> Transforms:
     shape = (doc.get("input") or {}).get("shape_yx")
     return Transforms(tuple(doc["canvas"]["shape_yx"]), slices, vs, extra,
                       tuple(int(v) for v in shape) if shape else None)
+
+
+def _optional_float(entry: dict[str, Any], key: str) -> float | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{key} is {value}, not a finite number")
+    return value
 
 
 def jsonable(obj: Any) -> Any:

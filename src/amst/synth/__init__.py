@@ -22,6 +22,7 @@ from ..imageops import saturate
 from ..outdir import OwnedEntry, atomic_write_text, claim_output, mark_complete
 from ..stack import StackError, VoxelSize, create_writer
 from ..transform import to_list
+from .milling import MillingParams, slice_depths
 from .acquisition import (AcquisitionParams, Curtains, SliceAcquisition, add_noise, autofocus_runs,
                           simulate_acquisition)
 from .phantom import Phantom, PhantomParams
@@ -56,6 +57,7 @@ class SynthConfig:
     autofocus_at: tuple[int, ...] = ()  # extra auto-focus events at these slices (AcquisitionParams)
     volume: str | None = None  # an aligned real stack as the content instead of the phantom
     cap_height: float | None = None  # fraction of the field height under the platinum cap (None: 0.15)
+    z_variation: MillingParams | None = None  # uneven slice thickness (None: every slice one step deep)
 
     def phantom_params(self) -> PhantomParams:
         params = PhantomParams(**PRESETS[self.preset]["phantom"])
@@ -79,6 +81,12 @@ class SynthConfig:
         """Volume depth between slices in isotropic (xy) pixels."""
         return self.voxel_size.z / self.voxel_size.x
 
+    def depths(self) -> np.ndarray:
+        """True depth of each slice in isotropic (xy) pixels, slice 0 at 0."""
+        if self.z_variation is None:
+            return np.arange(self.shape[0]) * self.z_step
+        return slice_depths(self.shape[0], self.z_step, self.z_variation, self.seed)[0]
+
     @property
     def marks_on(self) -> bool:
         """Whether the stack carries FIB-etched marks (the preset's, unless ``marks`` says)."""
@@ -90,7 +98,8 @@ class SynthConfig:
         n, h, w = self.shape
         if self.volume:
             return VolumeContent(self.volume, self.shape, self.z_step, marks=self.marks_on, seed=self.seed,
-                                 cap_height=PhantomParams().cap_height if self.cap_height is None else self.cap_height)
+                                 cap_height=PhantomParams().cap_height if self.cap_height is None else self.cap_height,
+                                 last_depth=float(self.depths()[-1]))
         return Phantom((n * self.z_step, float(h), float(w)), self.seed, self.phantom_params())
 
     @classmethod
@@ -105,7 +114,8 @@ class SynthConfig:
                    voxel_size=VoxelSize.from_dict(doc["voxel_size"]), marks=volume.get("marks", phantom.get("marks")),
                    texture=phantom.get("texture"), warp_z_scale=phantom.get("warp_z_scale"),
                    autofocus_at=tuple(doc.get("acquisition", {}).get("autofocus_at", ())), volume=volume.get("path"),
-                   cap_height=doc.get("cap_height"))
+                   cap_height=doc.get("cap_height"),
+                   z_variation=MillingParams(**doc["z_variation"]) if doc.get("z_variation") else None)
 
 
 def _load_texture(path: str) -> np.ndarray:
@@ -131,9 +141,10 @@ class _Renderer:
         self.extent = self.phantom.extent
         self.params = cfg.acquisition_params()
         self.curtains = Curtains(self.extent, self.params, cfg.seed, self.phantom.cap_y)
+        self.depths = cfg.depths()
 
     def clean(self, z: int, raw_to_volume: np.ndarray) -> np.ndarray:
-        return self.phantom.render(raw_to_volume, z * self.cfg.z_step, self.cfg.shape[1:])
+        return self.phantom.render(raw_to_volume, float(self.depths[z]), self.cfg.shape[1:])
 
     def raw(self, z: int, acq: SliceAcquisition) -> np.ndarray:
         img = self.clean(z, acq.raw_to_volume)
@@ -142,7 +153,7 @@ class _Renderer:
             gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
             m = acq.raw_to_volume
             img *= self.curtains.factor(m[0, 0] * gx + m[0, 1] * gy + m[0, 2],
-                                        m[1, 0] * gx + m[1, 1] * gy + m[1, 2], z * self.cfg.z_step)
+                                        m[1, 0] * gx + m[1, 1] * gy + m[1, 2], float(self.depths[z]))
         img = add_noise(img, self.params, np.random.default_rng([self.cfg.seed, 3, z]))
         return acq.gain * img + acq.offset
 
@@ -268,7 +279,14 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, out_format: str = "tiff", w
 
 def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: list[str],
                           phantom: Phantom | VolumeContent) -> dict[str, Any]:
-    """The ``ground_truth.json`` contents (maps raw pixel -> volume pixel per slice)."""
+    """The ``ground_truth.json`` contents (maps raw pixel -> volume pixel per slice; with uneven
+    milling also each slice's true depth ``z_nm``, slice 0 at 0, and the slices ``z_events``
+    whose thickness is an abrupt event)."""
+    depths_nm = cfg.depths() * cfg.voxel_size.x
+
+    def depth_of(z: int) -> dict[str, float]:
+        return {"z_nm": float(depths_nm[z])} if cfg.z_variation is not None else {}
+
     marks_roi = None
     if phantom.marks:
         xs = [v for m in phantom.marks for v in (m[0], m[2])]
@@ -296,12 +314,21 @@ def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: 
         **content,
         "marks_roi_xywh": marks_roi,
         **({"cap_height": cfg.cap_height} if cfg.cap_height is not None else {}),
+        **_milling_record(cfg),
         "slices": [
             {"index": z, "name": names[z], "map": to_list(a.raw_to_volume), "events": a.events,
-             "gain": a.gain, "offset": a.offset}
+             "gain": a.gain, "offset": a.offset, **depth_of(z)}
             for z, a in enumerate(acq)
         ],
     }
+
+
+def _milling_record(cfg: SynthConfig) -> dict[str, Any]:
+    """The ``z_variation`` entry of ``ground_truth.json`` (nothing for evenly milled stacks)."""
+    if cfg.z_variation is None:
+        return {}
+    _, events = slice_depths(cfg.shape[0], cfg.z_step, cfg.z_variation, cfg.seed)
+    return {"z_variation": cfg.z_variation.to_dict(), "z_events": [int(z) for z in events]}
 
 
 def load_ground_truth(path: str | Path) -> dict[str, Any]:

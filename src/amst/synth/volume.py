@@ -65,6 +65,9 @@ class VolumeContent:
         Draws the cap's marks and surface.
     cap_height : float
         Fraction of the field's height taken by the cap.
+    last_depth : float, optional
+        Depth of the last slice in xy pixels, when the slices are not evenly spaced
+        (:mod:`amst.synth.milling`); by default ``(n - 1) * z_step``.
 
     Raises
     ------
@@ -73,19 +76,22 @@ class VolumeContent:
     """
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], z_step: float, *, marks: bool, seed: int,
-                 cap_height: float = 0.15):
+                 cap_height: float = 0.15, last_depth: float | None = None):
         self.path = str(path)
         self.source = open_source_volume(path)
         n, h, w = shape
         depth, src_h, src_w = self.source.shape
         self.source_step = source_step_px(self.source)
         self.z_step = float(z_step)
-        last = (n - 1) * self.z_step / self.source_step
+        even = last_depth is None
+        last = ((n - 1) * self.z_step if even else float(last_depth)) / self.source_step
         if last > depth - 1 + 1e-9:
             most = int(np.floor((depth - 1) * self.source_step / self.z_step + 1e-9)) + 1
-            raise StackError(f"--from-volume {path}: {n} slices {self.z_step:g} px apart need {last + 1:.1f} source "
-                             f"slices, it has {depth}; ask for at most {most} slices (--shape) or a smaller z step "
-                             "(--voxel-size)")
+            spacing = f"{self.z_step:g} px apart" if even else "milled unevenly (--z-variation)"
+            raise StackError(f"--from-volume {path}: {n} slices {spacing} need {last + 1:.1f} source "
+                             f"slices, it has {depth}; ask for " + (f"at most {most} slices (--shape)" if even else
+                                                                    "fewer slices (--shape)")
+                             + " or a smaller z step (--voxel-size)")
         if h > src_h or w > src_w:
             raise StackError(f"--from-volume {path}: slices of {h} x {w} px do not fit in its {src_h} x {src_w} px; "
                              f"ask for at most {src_h} x {src_w} (--shape), less to leave room for drift")
