@@ -14,7 +14,7 @@ from ..stack import open_stack
 from ..transform import compose, decompose, invert
 from ..transforms_io import Transforms, jsonable, load_transforms
 from .flags import FlagRule, ResidualFlag, residual_flags
-from .ground_truth import slice_errors
+from .ground_truth import depth_errors, slice_errors
 from .residual import Crop, SliceSweep, summarise_residual, sweep
 
 DRIFT_WINDOW = 51  # slices: errors varying slower than this along z count as drift
@@ -165,6 +165,10 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
             "drift_px_max": float(np.linalg.norm(drift - drift[0], axis=1).max()),
             "jitter_px_rms": float(np.sqrt(np.mean(np.sum(jitter ** 2, axis=1)))),
         }
+        if tf.z_nm is not None and all("z_nm" in s for s in truth_doc["slices"]):
+            step = (tf.extra.get("z_spacing") or {}).get("nominal_nm") or truth_doc["voxel_size"]["z"]
+            summary["ground_truth"]["z_spacing"] = depth_errors(
+                tf.z_nm, np.array([s["z_nm"] for s in truth_doc["slices"]]), float(step), truth_doc.get("z_events", []))
     return Evaluation(run, tf, sw, summary, per_slice, truth_doc, flags)
 
 

@@ -132,3 +132,38 @@ def neighbour_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: 
             d = apply_to_points(comp[z], pts) - apply_to_points(comp[z - 1], pts)
             out[z] = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
     return out
+
+
+def depth_errors(estimated_nm: np.ndarray, true_nm: np.ndarray, step_nm: float,
+                 events: list[int] | tuple[int, ...] = ()) -> dict:
+    """Error of estimated slice depths against the truth, after removing one global scale.
+
+    Parameters
+    ----------
+    estimated_nm, true_nm : (n,) arrays
+        Depth of each slice, slice 0 at 0.
+    step_nm : float
+        The nominal step: the errors are given as fractions of it.
+    events : sequence of int
+        Slices whose thickness (depth to the next slice) is an abrupt event.
+
+    Returns
+    -------
+    dict
+        ``scale`` (the least-squares factor applied to the estimate), ``depth_rms_steps``,
+        ``depth_max_steps``, ``thickness_rms_steps``, ``thickness_max_steps`` and per event
+        ``{"slice", "true_steps", "estimated_steps", "relative_error"}``.
+    """
+    est = np.asarray(estimated_nm, dtype=np.float64)
+    true = np.asarray(true_nm, dtype=np.float64)
+    scale = float(est @ true / (est @ est)) if est @ est > 0 else float("nan")
+    depth = (scale * est - true) / step_nm
+    thick_est = np.diff(scale * est) / step_nm
+    thick_true = np.diff(true) / step_nm
+    thickness = thick_est - thick_true
+    return {"scale": scale, "depth_rms_steps": float(np.sqrt(np.mean(depth ** 2))),
+            "depth_max_steps": float(np.abs(depth).max()),
+            "thickness_rms_steps": float(np.sqrt(np.mean(thickness ** 2))),
+            "thickness_max_steps": float(np.abs(thickness).max()),
+            "events": [{"slice": int(z), "true_steps": float(thick_true[z]), "estimated_steps": float(thick_est[z]),
+                        "relative_error": float(thick_est[z] / thick_true[z] - 1.0)} for z in events]}

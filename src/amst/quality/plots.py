@@ -124,3 +124,29 @@ def save_overlay(a: np.ndarray, b: np.ndarray, path: Path, z_scale: float, title
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_z_spacing(thickness_nm: np.ndarray, sd_nm: np.ndarray, nominal_nm: float, falloff: dict, path: Path,
+                   true_thickness_nm: np.ndarray | None = None) -> None:
+    """Estimated thickness per slice (with +-1 sd band) and the isotropy check: similarity
+    against distance along z and in-plane, on one axis."""
+    fig, (ax, iso) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 1]})
+    z = np.arange(len(thickness_nm))
+    ax.fill_between(z, thickness_nm - sd_nm, thickness_nm + sd_nm, color="tab:blue", alpha=0.2, lw=0)
+    ax.plot(z, thickness_nm, lw=0.9, color="tab:blue", label="estimated")
+    if true_thickness_nm is not None:
+        ax.plot(z, true_thickness_nm, lw=0.8, color="k", alpha=0.7, label="ground truth")
+    ax.axhline(nominal_nm, color="tab:gray", lw=0.8, ls="--", label="nominal step")
+    ax.set_xlabel("slice (thickness: to the next slice)")
+    ax.set_ylabel("nm")
+    ax.set_title("Estimated slice thickness")
+    ax.legend(fontsize=8)
+    iso.plot(falloff["xy_nm"], falloff["xy_ncc"], "o-", ms=3, lw=0.9, label="in-plane")
+    iso.plot(falloff["z_nm"], falloff["z_ncc"], "s-", ms=4, lw=0.9, label="along z")
+    iso.set_xlabel("distance (nm)")
+    iso.set_ylabel("similarity (NCC)")
+    iso.set_title("Isotropy check")
+    iso.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

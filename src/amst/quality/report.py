@@ -11,7 +11,7 @@ import numpy as np
 from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
 from .flags import record_flags
-from .plots import plot_ground_truth, plot_residual, plot_transforms, save_reslice
+from .plots import plot_ground_truth, plot_residual, plot_transforms, plot_z_spacing, save_reslice
 from .residual import MIN_FINITE_FRACTION
 
 _CSS = """
@@ -94,6 +94,32 @@ def _nonfinite_section(ev: Evaluation) -> str:
             f"{rows}</table>")
 
 
+def _z_spacing_section(ev: Evaluation, out: Path) -> str:
+    """The slice-thickness plot and its numbers, when the run measured slice depths."""
+    z = ev.transforms.z_nm
+    record = ev.transforms.extra.get("z_spacing")
+    if z is None or not record:
+        return ""
+    true = None
+    if ev.truth is not None and all("z_nm" in s for s in ev.truth["slices"]):
+        true = np.diff([s["z_nm"] for s in ev.truth["slices"]])
+    sd = np.asarray(record.get("thickness_sd_nm") or np.zeros(len(z) - 1), dtype=np.float64)
+    plot_z_spacing(np.diff(z), sd, record["nominal_nm"], record["falloff"],
+                   out / "z_spacing.png", true)
+    lo, hi = record["thickness_range_nm"]
+    unmeasured = record.get("unmeasured_slices") or []
+    return (f"<h2>Slice thickness</h2><figure><img src='z_spacing.png' alt='z spacing'><figcaption class='note'>"
+            f"Left: each slice's thickness (depth to the next slice) estimated from the images, mean "
+            f"{record['mean_thickness_nm']:.2f} nm ({html.escape(record['calibration'])} calibration; nominal "
+            f"{record['nominal_nm']:.2f} nm), range {lo:.2f}-{hi:.2f} nm; the band is +-1 standard deviation of "
+            f"the fit. Right: how similar two slices are against their distance, along z (estimated depths) "
+            f"and in-plane (pixel size): an isotropic stack has the two curves on top of each other. Isotropy "
+            f"ratio (image-based mean step / nominal): {record['isotropy_ratio']:.3f}."
+            + (f" Slices without a measurement (depth from the nominal step): "
+               f"{html.escape(', '.join(str(v) for v in unmeasured[:50]))}." if unmeasured else "")
+            + "</figcaption></figure>")
+
+
 def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluation | None = None) -> Path:
     """Write ``run/report/index.html`` (plus PNGs and ``evaluation.json``) and return its path.
 
@@ -124,6 +150,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
     if "ground_truth" in s:
         plot_ground_truth(ev.per_slice, statuses, out / "ground_truth.png")
         figures.insert(0, ("ground_truth.png", "Error against the synthetic ground truth."))
+    z_section = _z_spacing_section(ev, out)
     kind, verdict = _verdict(ev)
     cards = [("Slices", s["slices"]), ("Aligned (ok)", s["status_counts"]["ok"]),
              ("Fallback / blank / failed", f"{s['status_counts']['fallback']} / {s['status_counts']['blank']} / "
@@ -163,7 +190,7 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 <img src="reslice_xz.png" alt="xz reslice"><img src="reslice_yz.png" alt="yz reslice">
 <h2>Flagged slices ({len(flagged)})</h2>
 {'<table><tr><th>slice</th><th>name</th><th>status</th><th>reason</th></tr>' + rows + '</table>' if flagged else '<p>None.</p>'}
-{_nonfinite_section(ev)}<h2>Time per slice (s)</h2><table>{timing_rows}</table>
+{z_section}{_nonfinite_section(ev)}<h2>Time per slice (s)</h2><table>{timing_rows}</table>
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
     (out / "index.html").write_text(body)

@@ -78,6 +78,7 @@ class ZSpacing:
 
     z_nm: np.ndarray
     sd_nm: np.ndarray
+    thickness_sd_nm: np.ndarray
     nominal_nm: float
     isotropy_ratio: float  # image-based mean step / nominal step
     calibration: str
@@ -103,6 +104,7 @@ class ZSpacing:
         return {"nominal_nm": self.nominal_nm, "calibration": self.calibration,
                 "isotropy_ratio": self.isotropy_ratio, "mean_thickness_nm": float(t.mean()) if t.size else None,
                 "thickness_range_nm": [float(t.min()), float(t.max())] if t.size else None,
+                "thickness_sd_nm": self.thickness_sd_nm.tolist(),
                 "residual_scale": self.residual_scale, "outliers": self.outliers,
                 "unmeasured_slices": [int(z) for z in np.flatnonzero(~self.measured)],
                 "tiles_used": self.tiles_used, "tiles_static": self.tiles_static,
@@ -235,7 +237,7 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
     if thin.size:
         log.warning("z spacing: slice(s) %s measured at or above the depth of the next slice (duplicated images?)",
                     ", ".join(str(int(z)) for z in thin[:10]))
-    return ZSpacing(z_nm, solution.sd * scale_nm, float(nominal_nm), isotropy, params.calibration,
+    return ZSpacing(z_nm, solution.sd * scale_nm, solution.thickness_sd * scale_nm, float(nominal_nm), isotropy, params.calibration,
                     solution.measured, solution.residual_scale, solution.outliers, falloff_z, falloff_z_nm,
                     np.median(falloffs, axis=0) if falloffs else np.full(max_shift, np.nan), float(pixel_nm),
                     int(keep.sum()), int(static.sum()))

@@ -47,6 +47,7 @@ class DepthSolution:
 
     depth: np.ndarray
     sd: np.ndarray
+    thickness_sd: np.ndarray  # of depth[z + 1] - depth[z] (the depths' errors are correlated)
     residual_scale: float
     outliers: float
     measured: np.ndarray  # per slice: takes part in at least one measurement
@@ -88,7 +89,8 @@ def solve_depths(pairs: PairDistances, n: int, *, prior_step: float, iterations:
     distance = np.asarray(pairs.distance, dtype=np.float64)
     sigma = np.asarray(pairs.sigma, dtype=np.float64)
     if n < 2:
-        return DepthSolution(np.zeros(n), np.zeros(n), float("nan"), 0.0, np.zeros(n, dtype=bool))
+        return DepthSolution(np.zeros(n), np.zeros(n), np.zeros(max(n - 1, 0)), float("nan"), 0.0,
+                             np.zeros(n, dtype=bool))
     if np.any(second <= first) or np.any(first < 0) or np.any(second >= n):
         raise ValueError("pairs must satisfy 0 <= first < second < n")
     consecutive = np.arange(n - 1)
@@ -106,16 +108,26 @@ def solve_depths(pairs: PairDistances, n: int, *, prior_step: float, iterations:
         if not len(distance):
             break
         normalised = (depth[second] - depth[first] - distance) / sigma
-        scale = max(robust_sigma(normalised), 1e-6)
-        u = np.abs(normalised) / (HUBER * scale)
+        spread = max(float(robust_sigma(normalised)), 1e-6)
+        u = np.abs(normalised) / (HUBER * spread)
         huber = np.where(u > 1, 1.0 / np.maximum(u, 1e-12), 1.0)
+        # Residuals scatter less than the measurements by the unknowns fitted to them.
+        redundancy = len(distance) - (n - 1)
+        scale = spread * np.sqrt(len(distance) / redundancy) if redundancy > 0 else float("nan")
     variance = np.empty(n - 1)
+    covariance_next = np.zeros(n - 1)  # cov(unknown k, unknown k + 1)
     for start in range(0, n - 1, 512):
         stop = min(start + 512, n - 1)
+        cols = np.arange(start, stop)
         eye = np.zeros((n - 1, stop - start))
-        eye[np.arange(start, stop), np.arange(stop - start)] = 1.0
-        variance[start:stop] = cho_solve_banded((factor, False), eye)[np.arange(start, stop), np.arange(stop - start)]
+        eye[cols, cols - start] = 1.0
+        inverse = cho_solve_banded((factor, False), eye)
+        variance[start:stop] = inverse[cols, cols - start]
+        inner = cols[cols + 1 < n - 1]
+        covariance_next[inner] = inverse[inner + 1, inner - start]
+    depth_var = np.r_[0.0, variance]
+    thickness_var = depth_var[1:] + depth_var[:-1] - 2 * np.r_[0.0, covariance_next[:-1]]
     measured = np.zeros(n, dtype=bool)
     measured[first] = measured[second] = True
-    return DepthSolution(depth, np.r_[0.0, scale * np.sqrt(variance)], float(scale),
-                         float(np.mean(huber < 1)) if len(huber) else 0.0, measured)
+    return DepthSolution(depth, scale * np.sqrt(depth_var), scale * np.sqrt(np.maximum(thickness_var, 0.0)),
+                         float(scale), float(np.mean(huber < 1)) if len(huber) else 0.0, measured)
