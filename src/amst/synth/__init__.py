@@ -99,7 +99,7 @@ class SynthConfig:
         if self.volume:
             return VolumeContent(self.volume, self.shape, self.z_step, marks=self.marks_on, seed=self.seed,
                                  cap_height=PhantomParams().cap_height if self.cap_height is None else self.cap_height,
-                                 last_depth=float(self.depths()[-1]))
+                                 last_depth=None if self.z_variation is None else float(self.depths()[-1]))
         return Phantom((n * self.z_step, float(h), float(w)), self.seed, self.phantom_params())
 
     @classmethod

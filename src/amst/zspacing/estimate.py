@@ -32,16 +32,16 @@ import numpy as np
 
 from ..imageops import finite_float32
 from ..parallel import ordered_map
-from .similarity import distance_from_similarity, falloff_in_plane, pooled_ncc, tile_stack
+from .similarity import distance_and_slope, falloff_in_plane, pooled_ncc, tile_stack
 from .solve import PairDistances, solve_depths
 
 __all__ = ["ZSpacingParams", "ZSpacing", "estimate_depths", "static_tiles"]
 
 log = logging.getLogger(__name__)
 
-#: Relative and absolute (px) standard deviation assumed for one pair distance; the solve's
-#: robust residual scale rescales both to what the run measured.
-SIGMA_RELATIVE, SIGMA_ABSOLUTE = 0.05, 0.02
+#: Uncertainty of a pair's log similarity and the relative uncertainty of its distance
+#: (:func:`pair_sigma`); the solve's robust residual scale rescales both to what the run measured.
+SIGMA_LOG, SIGMA_RELATIVE = 0.01, 0.05
 #: Below this correlation over the long gap a tile is not static, whatever its in-plane falloff (noise-only tiles).
 STATIC_NCC = 0.3
 
@@ -111,6 +111,40 @@ class ZSpacing:
                 "falloff": {"z_nm": self.falloff_z_nm.tolist(), "z_ncc": self.falloff_z.tolist(),
                             "xy_nm": (np.arange(1, len(self.falloff_xy) + 1) * self.pixel_nm).tolist(),
                             "xy_ncc": self.falloff_xy.tolist()}}
+
+
+def additive_gap_scales(first: np.ndarray, second: np.ndarray, distance: np.ndarray, max_gap: int) -> np.ndarray:
+    """Per gap g, the factor that makes gap-g distances add up like g consecutive gap-1 distances.
+
+    Along z the similarity need not fall with exactly the in-plane shape, so a distance read
+    over two slices can be systematically shorter or longer than the two one-slice distances
+    it spans. Depths are additive; the median ratio over the stack (gap 1 is the reference)
+    restores that before the solve.
+    """
+    scales = np.ones(max_gap + 1)
+    one = {int(a): d for a, b, d in zip(first, second, distance) if b - a == 1}
+    for g in range(2, max_gap + 1):
+        ratios = []
+        for a, b, d in zip(first, second, distance):
+            if b - a != g or d <= 0:
+                continue
+            parts = [one.get(int(a) + k) for k in range(g)]
+            if all(p is not None for p in parts):
+                ratios.append(sum(parts) / d)
+        if len(ratios) >= 5:
+            scales[g] = float(np.median(ratios))
+    return scales
+
+
+def pair_sigma(distance_px: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """Standard deviation of each pair distance (px), up to the scale the solve measures.
+
+    A log-similarity uncertainty of :data:`SIGMA_LOG` read through the falloff's slope at
+    the distance (where the falloff is flat, near 0 px and far out, a distance is poorly
+    determined), plus :data:`SIGMA_RELATIVE` of the distance (content that is not quite
+    isotropic errs in proportion).
+    """
+    return SIGMA_LOG / np.maximum(slope, 1e-3) + SIGMA_RELATIVE * distance_px
 
 
 def _region(covered: np.ndarray, side: int) -> tuple[slice, slice]:
@@ -201,7 +235,8 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
         tiles = tiles[keep]
         return tiles, falloff_in_plane(tiles, max_shift)
 
-    first, second, distance, gap_ncc = [], [], [], {g: [] for g in range(1, params.max_gap + 1)}
+    first, second, distance, slopes = [], [], [], []
+    gap_ncc: dict[int, list[tuple[float, int, int]]] = {g: [] for g in range(1, params.max_gap + 1)}
     window: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     falloffs = []
     for z, (tiles, falloff) in enumerate(ordered_map(one, range(n), max(1, workers))):
@@ -211,19 +246,23 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
                 if z - g in window:
                     other_tiles, other_falloff = window[z - g]
                     ncc = pooled_ncc(other_tiles, tiles)
-                    d = distance_from_similarity(0.5 * (falloff + other_falloff), ncc)
+                    d, slope = distance_and_slope(0.5 * (falloff + other_falloff), ncc)
                     gap_ncc[g].append((ncc, z - g, z))
                     if np.isfinite(d):
                         first.append(z - g)
                         second.append(z)
                         distance.append(d)
+                        slopes.append(slope)
             window[z] = (tiles, falloff)
         window.pop(z - params.max_gap, None)
         if progress:
             progress(1)
+    first_a, second_a = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
     distance_px = np.asarray(distance, dtype=np.float64)
-    pairs = PairDistances(np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64), distance_px,
-                          SIGMA_RELATIVE * distance_px + SIGMA_ABSOLUTE)
+    gap_scale = additive_gap_scales(first_a, second_a, distance_px, params.max_gap)
+    distance_px = distance_px * gap_scale[second_a - first_a]
+    pairs = PairDistances(first_a, second_a, distance_px,
+                          pair_sigma(distance_px, np.asarray(slopes, dtype=np.float64)))
     solution = solve_depths(pairs, n, prior_step=step_px)
     depth_px = solution.depth
     image_step_nm = depth_px[-1] / max(n - 1, 1) * pixel_nm

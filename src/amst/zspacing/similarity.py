@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_stack", "falloff_in_plane", "pooled_ncc", "distance_from_similarity"]
+__all__ = ["tile_stack", "falloff_in_plane", "pooled_ncc", "distance_from_similarity", "distance_and_slope"]
 
 
 def tile_stack(image: np.ndarray, tile: int) -> np.ndarray:
@@ -78,32 +78,56 @@ def falloff_in_plane(tiles: np.ndarray, max_shift: int) -> np.ndarray:
     return out
 
 
-def distance_from_similarity(falloff: np.ndarray, similarity: float, *, shortest: float = 0.5) -> float:
+def distance_from_similarity(falloff: np.ndarray, similarity: float) -> float:
+    return distance_and_slope(falloff, similarity)[0]
+
+
+def distance_and_slope(falloff: np.ndarray, similarity: float) -> tuple[float, float]:
     """The in-plane distance at which ``falloff`` reaches ``similarity`` (pixels).
 
     The falloff is made non-increasing (a running minimum) and read by linear
-    interpolation of its logarithm between whole-pixel shifts. Above the one-pixel value the
-    first segment is extended, down to ``shortest`` px: nearer than that a noisy falloff
-    says too little.
+    interpolation of its logarithm between whole-pixel shifts. Nearer than one pixel, where
+    no whole-pixel shift measures it, the parabola through the logarithm at 1, 2 and 3 px
+    is followed back to 0 px (a linear extension of the first segment instead where that
+    parabola does not fall all the way from 0 to 1 px); a similarity at or above the
+    parabola's value at 0 px (the noise's ceiling) is a distance of 0.
 
     Returns
     -------
     float
-        The distance; ``nan`` when ``similarity`` is above what ``shortest`` allows or not
-        finite, ``inf`` when it is below the falloff at its largest shift (farther than
-        measured).
+        The distance; ``inf`` when ``similarity`` is below the falloff at its largest shift
+        (farther than measured), ``nan`` when it or the falloff cannot be read.
     """
-    if not np.isfinite(similarity) or similarity <= 0:
-        return float("inf") if np.isfinite(similarity) else float("nan")
+    if not np.isfinite(similarity):
+        return float("nan"), float("nan")
+    if similarity <= 0:
+        return float("inf"), 0.0
     log_c = np.minimum.accumulate(np.log(np.clip(falloff, 1e-9, None)))
     target = np.log(similarity)
     if target <= log_c[-1]:
-        return float("inf")
-    if target >= log_c[0]:
-        slope = log_c[0] - log_c[1] if len(log_c) > 1 else 0.0
-        if slope <= 0:
-            return float("nan")
-        d = 1.0 - (target - log_c[0]) / slope
-        return float(d) if d >= shortest else float("nan")
-    k = int(np.searchsorted(-log_c, -target, side="right"))  # log_c[k - 1] >= target > log_c[k]
-    return float(k + (log_c[k - 1] - target) / (log_c[k - 1] - log_c[k]))
+        return float("inf"), 0.0
+    if target < log_c[0]:
+        k = int(np.searchsorted(-log_c, -target, side="right"))  # log_c[k - 1] >= target > log_c[k]
+        drop = log_c[k - 1] - log_c[k]
+        return float(k + (log_c[k - 1] - target) / drop), float(drop)
+    return _below_one_pixel(log_c, target)
+
+
+def _below_one_pixel(log_c: np.ndarray, target: float) -> tuple[float, float]:
+    """Distance in [0, 1] px, and the falloff's slope there, for a log similarity at or above the one-pixel value."""
+    if len(log_c) >= 3:
+        a, b, c = np.polyfit([1.0, 2.0, 3.0], log_c[:3], 2)  # a d^2 + b d + c
+        # Falling on [0, 1]: the derivative 2 a d + b is negative at both ends.
+        if b < 0 and 2 * a + b < 0:
+            if target >= c:
+                return 0.0, float(-b)
+            roots = np.roots([a, b, c - target])
+            real = roots[np.isreal(roots)].real
+            inside = real[(real >= 0) & (real <= 1 + 1e-9)]
+            if inside.size:
+                d = float(min(inside.min(), 1.0))
+                return d, float(-(2 * a * d + b))
+    slope = log_c[0] - log_c[1] if len(log_c) > 1 else 0.0
+    if slope <= 0:
+        return float("nan"), float("nan")
+    return float(max(0.0, 1.0 - (target - log_c[0]) / slope)), float(slope)
