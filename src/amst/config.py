@@ -308,6 +308,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        if value is False and key == "z_spacing.mode":
+            return "off"  # YAML 1.1 reads an unquoted off as false
         if not isinstance(value, str):
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return value
