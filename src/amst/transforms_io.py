@@ -36,6 +36,8 @@ class SliceTransform:
         doc = {"index": self.index, "name": self.name, "prealign": to_list(self.prealign),
                "affine": to_list(self.affine), "status": self.status, "metrics": jsonable(self.metrics)}
         if self.z_nm is not None:
+            if not np.isfinite(self.z_nm):
+                raise ValueError(f"slice {self.index}: z_nm {self.z_nm} is not a finite depth")
             doc["z_nm"] = float(self.z_nm)
             doc["z_nm_sd"] = None if self.z_nm_sd is None else jsonable(float(self.z_nm_sd))
         return doc

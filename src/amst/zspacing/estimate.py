@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 #: Uncertainty of a pair's log similarity and the relative uncertainty of its distance
 #: (:func:`pair_sigma`); the solve's robust residual scale rescales both to what the run measured.
 SIGMA_LOG, SIGMA_RELATIVE = 0.01, 0.05
+#: A falloff below this at one pixel measures no distance (the content is noise at this pixel size).
+MIN_RULER = 0.2
+#: Above this share of slice pairs that cannot be read as a distance the run warns.
+MAX_UNREADABLE = 0.2
 #: Below this correlation over the long gap a tile is not static, whatever its in-plane falloff (noise-only tiles).
 STATIC_NCC = 0.3
 
@@ -111,7 +115,7 @@ class ZSpacing:
                 "thickness_sd_nm": self.thickness_sd_nm.tolist(),
                 "residual_scale": self.residual_scale, "outliers": self.outliers,
                 "unmeasured_slices": [int(z) for z in np.flatnonzero(~self.measured)],
-                "tiles_used": self.tiles_used, "tiles_static": self.tiles_static,
+                "tiles_used": self.tiles_used, "tiles_static": self.tiles_static, **self.extra,
                 "falloff": {"z_nm": self.falloff_z_nm.tolist(), "z_ncc": self.falloff_z.tolist(),
                             "xy_nm": (np.arange(1, len(self.falloff_xy) + 1) * self.pixel_nm).tolist(),
                             "xy_ncc": self.falloff_xy.tolist()}}
@@ -243,6 +247,7 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
     gap_ncc: dict[int, list[tuple[float, int, int]]] = {g: [] for g in range(1, params.max_gap + 1)}
     window: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     falloffs = []
+    unreadable = 0
     for z, (tiles, falloff) in enumerate(ordered_map(one, range(n), max(1, workers))):
         if tiles is not None and np.all(np.isfinite(falloff)):
             falloffs.append(falloff)
@@ -250,8 +255,10 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
                 if z - g in window:
                     other_tiles, other_falloff = window[z - g]
                     ncc = pooled_ncc(other_tiles, tiles)
-                    d, slope = distance_and_slope(0.5 * (falloff + other_falloff), ncc)
+                    ruler = 0.5 * (falloff + other_falloff)
+                    d, slope = distance_and_slope(ruler, ncc) if ruler[0] >= MIN_RULER else (float("nan"), 0.0)
                     gap_ncc[g].append((ncc, z - g, z))
+                    unreadable += not np.isfinite(d)
                     if np.isfinite(d):
                         first.append(z - g)
                         second.append(z)
@@ -276,14 +283,22 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
     falloff_z = np.array([np.median([v[0] for v in gap_ncc[g]]) if gap_ncc[g] else np.nan for g in gap_ncc])
     falloff_z_nm = np.array([np.median([z_nm[b] - z_nm[a] for _, a, b in gap_ncc[g]]) if gap_ncc[g] else np.nan
                              for g in gap_ncc])
+    pair_count = sum(len(v) for v in gap_ncc.values())
+    unreadable_share = unreadable / pair_count if pair_count else 1.0
+    if unreadable_share > MAX_UNREADABLE:
+        log.warning("z spacing: %.0f %% of the slice pairs could not be read as a distance (their similarity is "
+                    "beyond what the in-plane falloff measures, up to %d px): the depths lean on the nominal-step "
+                    "prior there; the content changes too fast along z for this step", 100 * unreadable_share,
+                    max_shift)
     thin = np.flatnonzero(np.diff(z_nm) <= 0)
     if thin.size:
         log.warning("z spacing: slice(s) %s measured at or above the depth of the next slice (duplicated images?)",
                     ", ".join(str(int(z)) for z in thin[:10]))
-    return ZSpacing(z_nm, solution.sd * scale_nm, solution.thickness_sd * scale_nm, float(nominal_nm), isotropy, params.calibration,
+    return ZSpacing(z_nm, solution.sd * scale_nm, solution.thickness_sd * scale_nm, float(nominal_nm), isotropy,
+                    params.calibration,
                     solution.measured, solution.residual_scale, solution.outliers, falloff_z, falloff_z_nm,
                     np.median(falloffs, axis=0) if falloffs else np.full(max_shift, np.nan), float(pixel_nm),
-                    int(keep.sum()), int(static.sum()))
+                    int(keep.sum()), int(static.sum()), {"unreadable_pairs": float(unreadable_share)})
 
 
 def _whole_tiles(covered: np.ndarray, tile: int) -> np.ndarray:

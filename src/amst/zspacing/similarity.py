@@ -95,8 +95,8 @@ def distance_and_slope(falloff: np.ndarray, similarity: float) -> tuple[float, f
     Returns
     -------
     float
-        The distance; ``inf`` when ``similarity`` is below the falloff at its largest shift
-        (farther than measured), ``nan`` when it or the falloff cannot be read.
+        The distance; ``inf`` when ``similarity`` is at or below the falloff at its largest
+        shift (as far or farther than measured), ``nan`` when it or the falloff cannot be read.
     """
     if not np.isfinite(similarity):
         return float("nan"), float("nan")
