@@ -26,3 +26,15 @@ def shared_data(*parts: str) -> Path:
 
 
 VS = VoxelSize(8.0, 5.0, 5.0)
+
+
+def noise_tiff_folder(folder: Path, count: int, shape_yx: tuple[int, int], seed: int = 0) -> Path:
+    """A folder of ``count`` uint8 noise TIFFs (no voxel size in them), ``s_000.tif`` ..."""
+    import numpy as np
+    import tifffile
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for z in range(count):
+        tifffile.imwrite(folder / f"s_{z:03d}.tif", rng.integers(0, 255, shape_yx, dtype=np.uint8))
+    return folder

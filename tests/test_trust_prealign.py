@@ -4,12 +4,13 @@ import logging
 
 import numpy as np
 import pytest
-import tifffile
 
 from amst.prealign import PrealignConfig, prealign, to_transforms, validate_for_stack
 from amst.quality.ground_truth import slice_errors
 from amst.stack import VoxelSize, open_stack
 from amst.synth import SynthConfig, load_ground_truth, synthesize
+
+from .conftest import noise_tiff_folder
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,7 @@ def test_a_given_roi_is_never_replaced(nomarks, caplog):
 
 
 def test_fallback_that_also_fails_says_what_to_do(tmp_path):
-    raw = tmp_path / "noise"
-    raw.mkdir()
-    rng = np.random.default_rng(0)
-    for z in range(10):
-        tifffile.imwrite(raw / f"s{z:02d}.tif", rng.integers(0, 255, (128, 160), dtype=np.uint8))
+    raw = noise_tiff_folder(tmp_path / "noise", 10, (128, 160))
     with pytest.raises(ValueError) as exc:
         prealign(open_stack(raw), PrealignConfig(), workers=1)
     message = str(exc.value)

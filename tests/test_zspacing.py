@@ -30,6 +30,8 @@ from amst.zspacing.similarity import (
 from amst.zspacing.solve import PairDistances, solve_depths
 from amst.zspacing.stackwise import grid_for
 
+from .conftest import noise_tiff_folder
+
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
@@ -505,13 +507,7 @@ def test_zspacing_cli_on_a_finished_run_matches_the_run_estimate(offrun, zrun, z
 
 
 def test_z_spacing_needs_a_voxel_size_before_out_is_written(tmp_path):
-    import tifffile
-
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    rng = np.random.default_rng(0)
-    for z in range(5):
-        tifffile.imwrite(raw / f"s_{z:03d}.tif", rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    raw = noise_tiff_folder(tmp_path / "raw", 5, (64, 64))
     assert open_stack(raw).voxel_size is None
     with pytest.raises(ValueError, match="no voxel size"):
         amst.align(raw, tmp_path / "out", prealign="tm", backend="fast", z_spacing="estimate", workers=1,
