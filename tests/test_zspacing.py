@@ -520,14 +520,19 @@ def test_z_spacing_needs_a_voxel_size_before_out_is_written(tmp_path):
 
 
 def test_estimate_warns_when_the_content_changes_faster_than_the_falloff_measures(caplog):
-    """Independent noise slices: no pair reads as a distance; the run says so instead of trusting the prior."""
+    """Every other slice pure noise: most pairs read no distance, and the run says so; all noise: refused."""
     rng = np.random.default_rng(3)
-    slices = rng.normal(size=(12, 128, 128)).astype(np.float32) + 10.0
+    volume = gaussian_filter(rng.normal(size=(24, 128, 128)), sigma=(2.0, 2.0, 2.0)).astype(np.float32)
+    slices = volume[::2].copy()
+    slices[1::2] = rng.normal(size=slices[1::2].shape).astype(np.float32)
     with caplog.at_level("WARNING", logger="amst.zspacing.estimate"):
         result = estimate_depths(lambda z: slices[z], len(slices), np.ones((128, 128), bool), nominal_nm=8.0,
-                                 pixel_nm=5.0)
+                                 pixel_nm=4.0)
     assert result.summary()["unreadable_pairs"] > 0.5
     assert "could not be read as a distance" in caplog.text
+    noise = rng.normal(size=(12, 128, 128)).astype(np.float32) + 10.0
+    with pytest.raises(ValueError, match="could be read as a distance"):
+        estimate_depths(lambda z: noise[z], len(noise), np.ones((128, 128), bool), nominal_nm=8.0, pixel_nm=5.0)
 
 
 def test_transforms_refuse_to_save_a_depth_that_is_not_finite(tmp_path):
@@ -535,3 +540,42 @@ def test_transforms_refuse_to_save_a_depth_that_is_not_finite(tmp_path):
     with pytest.raises(ValueError, match="z_nm"):
         Transforms((4, 4), [s]).save(tmp_path / "t.json")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_z_spacing_run_folder_resumes_changes_mode_and_overwrites(zdata, tmp_path):
+    """The report's thickness plot and the even-z TIFFs stay amst's: the same command resumes, a run
+    without resample removes the earlier even-z output (its depths are gone) without re-registering,
+    `amst zspacing` refuses a folder with an even-z output, and --overwrite clears everything."""
+    from amst.cli import main
+    from amst.outdir import read_ownership, unknown_files
+    from amst.quality.report import build_report
+
+    out = tmp_path / "run"
+    common = dict(prealign="tm", backend="fast", workers=1, progress=False, out_format="tiff")
+    amst.align(zdata / "raw", out, z_spacing="resample", **common)
+    build_report(out)
+    assert (out / "report" / "z_spacing.png").is_file() and (out / "aligned_z").is_dir()
+    assert unknown_files(out, read_ownership(out)) == []
+
+    again = amst.align(zdata / "raw", out, z_spacing="resample", **common)
+    assert again.recomputed_per_pass[:-1] == [0, 0] and (out / "aligned_z").is_dir()
+    assert unknown_files(out, read_ownership(out)) == []
+
+    result = CliRunner().invoke(main, ["zspacing", str(out)])
+    assert result.exit_code != 0 and "aligned_z" in result.output
+
+    off = amst.align(zdata / "raw", out, z_spacing="off", **common)
+    assert off.recomputed_per_pass[:-1] == [0, 0]
+    assert not (out / "aligned_z").exists() and load_transforms(out / "transforms.json").z_nm is None
+    assert unknown_files(out, read_ownership(out)) == []
+
+    amst.align(zdata / "raw", out, z_spacing="estimate", overwrite=True, median_radius=5, **common)
+    assert load_transforms(out / "transforms.json").z_nm is not None
+
+
+def test_apply_resample_writes_the_grid_step_as_the_z_voxel_size(zrun, zdata, tmp_path):
+    out = apply(zrun / "transforms.json", zdata / "raw", tmp_path / "even.zarr", z_spacing="resample",
+                voxel_size=VoxelSize(9.0, 5.0, 5.0), progress=False)
+    vs = open_stack(out).voxel_size
+    assert vs.z == pytest.approx(load_transforms(zrun / "transforms.json").extra["z_spacing"]["nominal_nm"])
+    assert (vs.y, vs.x) == (5.0, 5.0)

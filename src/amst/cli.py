@@ -336,10 +336,10 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
               help="Mill unevenly: each slice's thickness varies smoothly by up to this fraction of the step "
                    "(0.3: +-30 %%, at most 0.5), plus --z-events abrupt ones; ground_truth.json records each "
                    "slice's true depth (z_nm).  [default: even milling]")
-@click.option("--z-length", "z_length", type=float, default=12.0, show_default=True,
-              help="With --z-variation: correlation length of the smooth variation, in slices.")
-@click.option("--z-events", "z_events", type=int, default=2, show_default=True,
-              help="With --z-variation: abrupt slices, alternately double-thick and 0.3 steps thin.")
+@click.option("--z-length", "z_length", type=float, default=None,
+              help="With --z-variation: correlation length of the smooth variation, in slices.  [default: 12]")
+@click.option("--z-events", "z_events", type=int, default=None,
+              help="With --z-variation: abrupt slices, alternately double-thick and 0.3 steps thin.  [default: 2]")
 @click.option("--out-format", type=click.Choice(["tiff", "zarr"]), default="tiff", show_default=True)
 @click.option("--clean", is_flag=True, help="Also write the undistorted noise-free volume.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
@@ -354,7 +354,10 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, from_volume, ca
     from .synth.milling import MillingParams
     from .synth.volume import volume_defaults
 
-    milling = MillingParams(z_variation, z_length, z_events) if z_variation is not None else None
+    if z_variation is None and (z_length is not None or z_events is not None):
+        raise click.UsageError("--z-length and --z-events shape uneven milling: give --z-variation AMPLITUDE too")
+    milling = (MillingParams(z_variation, 12.0 if z_length is None else z_length, 2 if z_events is None else z_events)
+               if z_variation is not None else None)
     if from_volume:
         default_shape, default_voxel = volume_defaults(from_volume, voxel_size)
         if milling is not None:  # uneven slices reach deeper than even ones: leave room
@@ -607,10 +610,11 @@ def apply_cmd(transforms, input, out, order, out_format, pattern, dataset, worke
 
 @main.command("zspacing")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
-@click.option("--max-gap", type=int, default=2, show_default=True, help="Measure slice pairs up to this far apart.")
-@click.option("--calibration", type=click.Choice(["nominal", "in-plane"]), default="nominal", show_default=True,
+@click.option("--max-gap", type=int, default=None,
+              help="Measure slice pairs up to this far apart.  [default: the run's z_spacing.max_gap, 2]")
+@click.option("--calibration", type=click.Choice(["nominal", "in-plane"]), default=None,
               help="nominal: the mean thickness is the voxel size's z step; in-plane: the scale from the images "
-                   "too (right only for isotropic imaging).")
+                   "too (right only for isotropic imaging).  [default: the run's z_spacing.calibration, nominal]")
 @click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
 def zspacing_cmd(out, max_gap, calibration, workers) -> None:
     """Estimate each slice's depth in the aligned run OUT and record it in OUT/transforms.json (z_nm)."""

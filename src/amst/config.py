@@ -112,7 +112,7 @@ class ZSpacingConfig:
     max_gap: int = 2
     tile: int = 16
     region: int = 1024
-    calibration: str = "nominal"  # nominal: mean thickness = the voxel size's z; in-plane: from isotropy
+    calibration: str = "nominal"  # nominal | in-plane: the mean thickness from the voxel size's z, or from isotropy
 
     def validate(self) -> None:
         _choice("z_spacing.mode", self.mode, ("off", "estimate", "resample"))
@@ -121,7 +121,8 @@ class ZSpacingConfig:
     def params(self) -> "ZSpacingParams":
         from .zspacing import ZSpacingParams
 
-        return ZSpacingParams(max_gap=self.max_gap, tile=self.tile, region=self.region, calibration=self.calibration)
+        return ZSpacingParams(max_gap=self.max_gap, tile=self.tile, region=self.region,
+                              calibration=self.calibration)  # type: ignore[arg-type]  # checked there
 
 
 @dataclass
@@ -191,8 +192,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("execution")
         d["register"].pop("max_fallback_fraction")
-        if d["z_spacing"]["mode"] == "off":
-            d.pop("z_spacing")  # runs without it keep the digest they had before it existed
+        d.pop("z_spacing")  # measured after the alignment, from its output: a resumed run redoes it
         return d
 
 

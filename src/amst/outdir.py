@@ -31,7 +31,8 @@ _ZARR_ARRAY_META = {".zarray", ".zattrs", "zarr.json"}
 _DIGITS = re.compile(r"^\d+$")
 # Every file a run's report holds (quality/report.py and ``amst evaluate --compare``).
 REPORT_FILES = frozenset({"index.html", "evaluation.json", "residual.png", "transforms.png", "reslice_xz.png",
-                          "reslice_yz.png", "ground_truth.png", "compare_xz.png", "compare_yz.png"})
+                          "reslice_yz.png", "ground_truth.png", "compare_xz.png", "compare_yz.png",
+                          "z_spacing.png"})
 STATE_FILES = frozenset({MARKER, "state.json", "prealign.json"})
 _JOURNAL_DIR = re.compile(r"^journal(_pass\d+)?$")
 _JOURNAL_FILE = re.compile(r"^\.?\d{7}\.json(\.partial)?$")
@@ -319,6 +320,29 @@ def remove_owned(folder: str | Path, ownership: Ownership) -> None:
     _remove_checked(folder, ownership)
 
 
+def remove_entry(folder: str | Path, entry: OwnedEntry) -> None:
+    """Remove one entry amst wrote in ``folder`` (not the folder's marker or its other entries),
+    after proving every file in it is amst's.
+
+    Raises
+    ------
+    OutputError
+        Naming the files inside the entry that amst did not write; nothing is removed then.
+    """
+    folder = Path(folder)
+    if entry.kind in ("state", "owned") or entry.name == ".":
+        raise ValueError(f"remove_entry removes a single output entry, not {entry.name!r} ({entry.kind})")
+    unknown = _unknown_in_entry(folder, entry)
+    if unknown:
+        raise OutputError(f"{folder / entry.name} holds files amst did not write: {_describe(unknown, folder)}; "
+                          "move them away and run again")
+    root = folder / entry.name
+    if root.is_dir():
+        shutil.rmtree(root)
+    elif root.exists():
+        root.unlink()
+
+
 def _remove_checked(folder: Path, ownership: Ownership) -> None:
     """Remove the entries of ``ownership`` and then its marker; :func:`unknown_files` found nothing else there."""
     for e in ownership.entries:
@@ -432,5 +456,5 @@ def mark_complete(out: str | Path, ownership: Ownership) -> None:
 
 
 __all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "read_ownership",
-           "refuse_overlap", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text", "STATE_DIR",
+           "refuse_overlap", "remove_entry", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text", "STATE_DIR",
            "REPORT_FILES"]

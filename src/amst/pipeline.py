@@ -36,8 +36,9 @@ from .executors import in_process_limits, make_executor, sigint_ignored, single_
 from .fallbacks import FallbackWatch, RunError
 from .journal import drop_missing_output, journal_entry, open_output_stack, read_journal, slice_file_sizes
 from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
-                     mark_complete, read_ownership, refuse_overlap, unknown_files, write_ownership)
+                     mark_complete, read_ownership, refuse_overlap, remove_entry, unknown_files, write_ownership)
 from .warp import warp_slice
+from .zspacing import ZSpacing
 from .zspacing.stackwise import with_depths
 
 log = logging.getLogger("amst")
@@ -549,6 +550,7 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
     writer, created = open_output_stack(writer_spec, resuming)
     ownership = Ownership("run", _run_entries(cfg, getattr(writer, "names", ())))
+    _keep_or_drop_even_z(out, ownership, cfg, resuming)
     write_ownership(out, ownership)
     passes = cfg.register.passes
     level = template_level(cfg.register.backend, cfg.register.fast, canvas)
@@ -636,8 +638,10 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
             results[z].setdefault("timings", {})[k] = results[z].get("timings", {}).get(k, 0.0) + v
     depths, z_seconds = None, {}
     if cfg.z_spacing.mode != "off":
-        depths, z_seconds = _depths_and_even_z(stack, out, out_stack, np.array([results[z]["affine"] for z in range(n)]),
-                                               canvas, cfg, writer_spec, ownership, workers, progress)
+        depths, z_seconds = _depths_and_even_z(stack, out, out_stack, affines=np.array([results[z]["affine"]
+                                                                                         for z in range(n)]),
+                                               canvas=canvas, cfg=cfg, provenance=writer_spec["provenance"],
+                                               ownership=ownership, workers=workers, progress=progress)
 
     # Assemble transforms.json last: its presence marks a complete run.
     slices = []
@@ -674,21 +678,51 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     return AlignResult(out, out_stack, tf, per_slice, per_pass[-1], per_pass, cfg)
 
 
-def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, affines: np.ndarray, canvas: tuple[int, int],
-                       cfg: RunConfig, writer_spec: dict[str, Any], ownership: Ownership, workers: int,
-                       progress: bool) -> tuple[Any, dict[str, float]]:
+def _keep_or_drop_even_z(out: Path, ownership: Ownership, cfg: RunConfig, resuming: bool) -> None:
+    """On a resumed run, carry the earlier marker's even-z entry (its file names) into ``ownership``,
+    or remove that output when this run does not resample: it was built from the earlier depths."""
+    from .zspacing.stackwise import EVEN_Z_OUTPUT
+
+    previous = read_ownership(out) if resuming else None
+    earlier = [e for e in (previous.entries if previous else []) if e.name in EVEN_Z_OUTPUT.values()]
+    if not earlier:
+        return
+    mine = {e.name for e in ownership.entries}
+    for entry in earlier:
+        if cfg.z_spacing.mode == "resample" and entry.name in mine:
+            ownership.entries[:] = [entry if e.name == entry.name else e for e in ownership.entries]
+        elif (out / entry.name).exists():
+            remove_entry(out, entry)
+            log.info("removed %s: the earlier run's even-z output, which this run (z_spacing.mode %s) does not "
+                     "rebuild", out / entry.name, cfg.z_spacing.mode)
+
+
+def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, affines: np.ndarray, canvas: tuple[int, int],
+                       cfg: RunConfig, provenance: dict[str, Any], ownership: Ownership, workers: int,
+                       progress: bool) -> tuple[ZSpacing, dict[str, float]]:
     """Estimate each slice's depth on the written output and, for ``resample``, write the even-z output.
 
     Returns the depths and the seconds of the two stages (``z_spacing``, ``even_z``).
+
+    Raises
+    ------
+    RunError
+        When the depths cannot be measured; the alignment is complete then, and the
+        message says how to finish without depths.
     """
     from tqdm import tqdm
 
-    from .zspacing.stackwise import estimate_stack_depths, even_grid, even_names, output_path, write_even_grid
+    from .zspacing.grid import even_grid
+    from .zspacing.stackwise import estimate_stack_depths, even_names, output_path, write_even_grid
 
     t0 = time.perf_counter()
-    with tqdm(total=len(stack), desc="z spacing", unit="slice", disable=not progress) as bar:
-        depths = estimate_stack_depths(open_stack(out_stack), stack.voxel_size, cfg.z_spacing.params(),
-                                       workers=workers, progress=bar.update)
+    try:
+        with tqdm(total=len(stack), desc="z spacing", unit="slice", disable=not progress) as bar:
+            depths = estimate_stack_depths(open_stack(out_stack), stack.voxel_size, cfg.z_spacing.params(),
+                                           workers=workers, progress=bar.update)
+    except ValueError as exc:
+        raise RunError(f"z spacing: {exc}. Every slice is aligned and written ({out_stack}); run the same command "
+                       "with --z-spacing off to finish the run without slice depths (nothing is recomputed)") from exc
     seconds = {"z_spacing": time.perf_counter() - t0}
     summary = depths.summary()
     log.info("z spacing: mean thickness %.2f nm (nominal %.2f), range %.2f-%.2f nm, isotropy ratio %.3f, %d "
@@ -700,8 +734,11 @@ def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, affines: np.nda
     grid = even_grid(depths.z_nm, depths.nominal_nm)
     fmt = cfg.output.out_format
     names = even_names(len(grid))
+    check_output_fits(fmt, (len(grid), *canvas), stack.dtype)
+    # The even-z output is rewritten now: until the new transforms.json, the folder must not read as complete.
+    (out / "transforms.json").unlink(missing_ok=True)
     writer = create_writer(output_path(out, fmt), fmt, (len(grid), *canvas), stack.dtype, stack.voxel_size,
-                           names=names, ngff_version=cfg.output.ngff_version, provenance=writer_spec["provenance"])
+                           names=names, ngff_version=cfg.output.ngff_version, provenance=provenance)
     ownership.entries[:] = [e for e in ownership.entries if e.name != output_path(out, fmt).name]
     ownership.entries.append(_even_z_entry(fmt, getattr(writer, "names", names)))
     write_ownership(out, ownership)
@@ -1194,8 +1231,14 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
             grid = grid_for(tf)
         except ValueError as exc:
             raise ValueError(f"{transforms}: {exc}") from exc
+
     stack = open_stack(input, pattern=pattern, dataset=dataset, channel=channel)
     out_voxel = voxel_size or tf.voxel_size or stack.voxel_size
+    if grid is not None and len(grid) > 1 and out_voxel is not None:
+        step = grid[1].depth_nm - grid[0].depth_nm
+        if not np.isclose(out_voxel.z, step, rtol=1e-6):
+            log.info("the even z grid has a step of %.4g nm; writing it as the output's z voxel size", step)
+            out_voxel = replace(out_voxel, z=float(step))
     if voxel_size is None and tf.voxel_size and stack.voxel_size and not _same_voxel(tf.voxel_size, stack.voxel_size):
         log.warning("%s says the voxel size is %s, %s says %s; writing the run's (pass --voxel-size to choose)",
                     transforms, tf.voxel_size, input, stack.voxel_size)

@@ -99,6 +99,7 @@ class ZSpacing:
     pixel_nm: float
     tiles_used: int
     tiles_static: int
+    params: dict[str, Any] = field(default_factory=dict)  # max_gap, tile, region: what was measured
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,7 +110,7 @@ class ZSpacing:
     def summary(self) -> dict[str, Any]:
         """The stack-level record of ``transforms.json`` (``z_spacing``)."""
         t = self.thickness_nm
-        return {"nominal_nm": self.nominal_nm, "calibration": self.calibration,
+        return {"nominal_nm": self.nominal_nm, "calibration": self.calibration, **self.params,
                 "isotropy_ratio": self.isotropy_ratio, "mean_thickness_nm": float(t.mean()) if t.size else None,
                 "thickness_range_nm": [float(t.min()), float(t.max())] if t.size else None,
                 "thickness_sd_nm": self.thickness_sd_nm.tolist(),
@@ -231,6 +232,9 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
             a, b = tiled(z), tiled(z + far)
             if a is not None and b is not None:
                 static |= static_tiles(a, b)
+    if whole.sum() < 4:
+        raise ValueError(f"the area every slice covers holds {int(whole.sum())} whole {t} px tiles; slice depths need "
+                         "at least 4 (the slices overlap too little after alignment)")
     keep = ~static
     if keep.sum() < 4:
         raise ValueError(f"only {int(keep.sum())} of {len(keep)} measured tiles change with depth; the measured "
@@ -272,12 +276,19 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
     distance_px = np.asarray(distance, dtype=np.float64)
     gap_scale = additive_gap_scales(first_a, second_a, distance_px, params.max_gap)
     distance_px = distance_px * gap_scale[second_a - first_a]
-    pairs = PairDistances(first_a, second_a, distance_px,
-                          pair_sigma(distance_px, np.asarray(slopes, dtype=np.float64)))
+    if not len(distance_px):
+        raise ValueError(f"none of the {sum(len(v) for v in gap_ncc.values())} slice pairs could be read as a "
+                         "distance: the content changes faster along z than the in-plane falloff measures, or the "
+                         "slices are blank")
+    slope = np.asarray(slopes, dtype=np.float64) / gap_scale[second_a - first_a]  # per rescaled px
+    pairs = PairDistances(first_a, second_a, distance_px, pair_sigma(distance_px, slope))
     solution = solve_depths(pairs, n, prior_step=step_px)
     depth_px = solution.depth
+    if not depth_px[-1] > 0:
+        raise ValueError(f"the measured depth of the last slice is {depth_px[-1]:.3g} px: the slices read as "
+                         "identical; there is no thickness to scale")
     image_step_nm = depth_px[-1] / max(n - 1, 1) * pixel_nm
-    isotropy = float(image_step_nm / nominal_nm) if depth_px[-1] > 0 else float("nan")
+    isotropy = float(image_step_nm / nominal_nm)
     scale_nm = pixel_nm if params.calibration == "in-plane" else nominal_nm / (image_step_nm / pixel_nm)
     z_nm = depth_px * scale_nm
     falloff_z = np.array([np.median([v[0] for v in gap_ncc[g]]) if gap_ncc[g] else np.nan for g in gap_ncc])
@@ -298,7 +309,9 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
                     params.calibration,
                     solution.measured, solution.residual_scale, solution.outliers, falloff_z, falloff_z_nm,
                     np.median(falloffs, axis=0) if falloffs else np.full(max_shift, np.nan), float(pixel_nm),
-                    int(keep.sum()), int(static.sum()), {"unreadable_pairs": float(unreadable_share)})
+                    int(keep.sum()), int(static.sum()),
+                    {"max_gap": params.max_gap, "tile": params.tile, "region": params.region},
+                    {"unreadable_pairs": float(unreadable_share)})
 
 
 def _whole_tiles(covered: np.ndarray, tile: int) -> np.ndarray:

@@ -29,6 +29,8 @@ class GridSlice:
             return [(self.below + (1 if self.weight > 0.5 else 0), 1.0)]
         if self.weight == 0.0:
             return [(self.below, 1.0)]
+        if self.weight == 1.0:
+            return [(self.below + 1, 1.0)]
         return [(self.below, 1.0 - self.weight), (self.below + 1, self.weight)]
 
 

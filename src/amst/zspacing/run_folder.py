@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import ZSpacingConfig, build_config
 from ..outdir import read_ownership
 from ..parallel import default_workers
 from ..stack import open_stack
@@ -12,12 +13,17 @@ from ..transforms_io import load_transforms
 from .estimate import ZSpacingParams
 from .stackwise import estimate_stack_depths, with_depths
 
+__all__ = ["estimate_run_depths"]
 
-def estimate_run_depths(out: Path, *, max_gap: int = 2, calibration: str = "nominal",
+
+def estimate_run_depths(out: Path, *, max_gap: int | None = None, calibration: str | None = None,
                         workers: int | None = None) -> dict[str, Any]:
     """Estimate the depths of the aligned slices of run ``out`` and record them.
 
     ``transforms.json`` is replaced atomically (amst wrote it; its affines are unchanged).
+    The measurement's parameters are the run's ``z_spacing`` section (``config.yaml``),
+    ``max_gap`` and ``calibration`` overriding it. A run that wrote an even-z output is
+    refused: that output was built from its own depths.
 
     Returns
     -------
@@ -35,6 +41,14 @@ def estimate_run_depths(out: Path, *, max_gap: int = 2, calibration: str = "nomi
     if owner is None or owner.kind != "run" or not owner.complete or not (out / "transforms.json").is_file():
         raise ValueError(f"{out}: not a finished `amst run` output folder (no complete run marker and "
                          "transforms.json); run `amst run INPUT OUT` first")
+    from .stackwise import EVEN_Z_OUTPUT
+
+    even = [e.name for e in owner.entries if e.name in EVEN_Z_OUTPUT.values() and (out / e.name).exists()]
+    if even:
+        raise ValueError(f"{out} holds {even[0]}, written on the even z grid of the run's own depths; new depths would "
+                         "not match it. Re-run `amst run` with the same arguments and the z_spacing options you want "
+                         "(only the depths and the even-z output are recomputed)")
+    section = build_config(out / "config.yaml").z_spacing if (out / "config.yaml").is_file() else ZSpacingConfig()
     tf = load_transforms(out / "transforms.json")
     name = tf.extra.get("output")
     if not name or not (out / name).exists():
@@ -43,7 +57,9 @@ def estimate_run_depths(out: Path, *, max_gap: int = 2, calibration: str = "nomi
     if len(aligned) != len(tf.slices):
         raise ValueError(f"{out / name} has {len(aligned)} slices, transforms.json {len(tf.slices)}; the depths are "
                          "measured on the run's own per-slice output")
-    params = ZSpacingParams(max_gap=max_gap, calibration=calibration)  # type: ignore[arg-type]
+    params = ZSpacingParams(max_gap=section.max_gap if max_gap is None else max_gap, tile=section.tile,
+                            region=section.region,
+                            calibration=section.calibration if calibration is None else calibration)  # type: ignore[arg-type]
     with tqdm(total=len(aligned), desc="z spacing", unit="slice") as bar:
         depths = estimate_stack_depths(aligned, tf.voxel_size or aligned.voxel_size, params,
                                        workers=default_workers(workers), progress=bar.update)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 import numpy as np
@@ -15,10 +16,12 @@ from ..warp import warp_slice
 from .estimate import ZSpacing, ZSpacingParams, estimate_depths
 from .grid import GridSlice, even_grid
 
-__all__ = ["estimate_stack_depths", "with_depths", "grid_for", "write_even_grid", "EVEN_Z_OUTPUT"]
+__all__ = ["EVEN_Z_OUTPUT", "estimate_stack_depths", "even_names", "grid_for", "output_path", "with_depths",
+           "write_even_grid"]
 
 #: The even-z output of a run, next to the per-slice one (``aligned.zarr`` -> ``aligned_z.zarr``).
-EVEN_Z_OUTPUT = {"zarr": "aligned_z.zarr", "tiff": "aligned_z", "tiff-stack": "aligned_z.tif", "mrc": "aligned_z.mrc"}
+EVEN_Z_OUTPUT = MappingProxyType({"zarr": "aligned_z.zarr", "tiff": "aligned_z", "tiff-stack": "aligned_z.tif",
+                                   "mrc": "aligned_z.mrc"})
 
 
 def estimate_stack_depths(aligned: Stack, voxel_size: VoxelSize | None, params: ZSpacingParams, *, workers: int = 1,
@@ -63,19 +66,23 @@ def grid_for(tf: Transforms, step_nm: float | None = None) -> list[GridSlice]:
     return even_grid(z, float(step))
 
 
-def _even_slice(stack: Stack, affines: np.ndarray, canvas: tuple[int, int], cell: GridSlice, order: str,
+def _even_slice(stack: Stack, *, affines: np.ndarray, canvas: tuple[int, int], cell: GridSlice, order: str,
                 warped: dict[int, np.ndarray]) -> np.ndarray:
-    """One output slice of the even grid; ``warped`` caches the aligned slices of the last output."""
+    """One output slice of the even grid; ``warped`` caches the float aligned slices of the last blend.
+
+    A slice taken whole is warped in its own dtype, exactly as the per-slice output is; a
+    blend is warped in float32 and rounded once, after the blend.
+    """
     parts = cell.members(order)
-    for z, _ in parts:
-        if z not in warped:
-            warped[z] = warp_slice(stack.read(z), affines[z], canvas, order)
     for z in [k for k in warped if k not in {p for p, _ in parts}]:
         del warped[z]
     if len(parts) == 1:
-        return warped[parts[0][0]]
-    dtype = warped[parts[0][0]].dtype
-    blend = sum(w * warped[z].astype(np.float32) for z, w in parts)
+        return warp_slice(stack.read(parts[0][0]), affines[parts[0][0]], canvas, order)
+    for z, _ in parts:
+        if z not in warped:
+            warped[z] = warp_slice(stack.read(z).astype(np.float32), affines[z], canvas, order)
+    blend = sum(w * warped[z] for z, w in parts)
+    dtype = np.dtype(stack.dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(blend), info.min, info.max).astype(dtype)
@@ -95,7 +102,8 @@ def write_even_grid(stack: Stack, affines: np.ndarray, canvas: tuple[int, int], 
     def one(run: list[GridSlice]) -> int:
         warped: dict[int, np.ndarray] = {}
         for cell in run:
-            writer.write(cell.index, _even_slice(stack, affines, canvas, cell, order, warped))
+            writer.write(cell.index, _even_slice(stack, affines=affines, canvas=canvas, cell=cell, order=order,
+                                                 warped=warped))
         return len(run)
 
     for count in ordered_map(one, runs, max(1, workers)):
@@ -104,9 +112,10 @@ def write_even_grid(stack: Stack, affines: np.ndarray, canvas: tuple[int, int], 
 
 
 def even_names(count: int) -> list[str]:
-    """Slice file names of an even-z TIFF output."""
+    """Slice file names of an even-z TIFF output (``z_00000.tif`` ...): its slices are depths, not input slices."""
     return [f"z_{k:05d}.tif" for k in range(count)]
 
 
 def output_path(out: Path, fmt: str) -> Path:
+    """Where a run folder ``out`` holds its even-z output in format ``fmt``."""
     return out / EVEN_Z_OUTPUT[fmt]
