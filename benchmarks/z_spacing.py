@@ -2,7 +2,7 @@
 
     python benchmarks/z_spacing.py [--content phantom volume] [--seeds 0 1 2] [--amplitude 0.3]
                                    [--phantom-shape 120 512 512] [--volume-slices 180]
-                                   [--cost-shape 24 2048 2048] [--shared ../shared/data]
+                                   [--cost-shape 40 2048 2048] [--cost-only | --no-cost] [--shared ../shared/data]
 
 For every content and seed it synthesises two stacks with the full acquisition model
 (drift, jitter, auto-focus events, curtains, noise; marks cap for template matching):
@@ -83,8 +83,9 @@ def main() -> None:
     ap.add_argument("--amplitude", type=float, default=0.3)
     ap.add_argument("--phantom-shape", nargs=3, type=int, default=[120, 512, 512])
     ap.add_argument("--volume-slices", type=int, default=180)
-    ap.add_argument("--cost-shape", nargs=3, type=int, default=[24, 2048, 2048])
+    ap.add_argument("--cost-shape", nargs=3, type=int, default=[40, 2048, 2048])
     ap.add_argument("--no-cost", action="store_true")
+    ap.add_argument("--cost-only", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
               f"{'events: true -> est (rel err)':42} | {'even: thick max':>15} | {'extent L=10 corr/raw':>20} "
               f"{'L=40 corr/raw':>14} {'max L=10 corr/raw':>18}")
         rows = []
-        for content in args.content:
+        for content in [] if args.cost_only else args.content:
             for seed in args.seeds:
                 z_est, truth, _, _ = run_one(stack_config(content, seed, milling, args), work, "resample",
                                              args.workers)
@@ -119,7 +120,7 @@ def main() -> None:
                       f"{100 * ext40[0]:5.1f}%/{100 * ext40[1]:5.1f}% {100 * max10[0]:7.1f}% / {100 * max10[1]:5.1f}%",
                       flush=True)
                 rows.append((content, err, even, ext10, ext40))
-        for content in args.content:
+        for content in [] if args.cost_only else args.content:
             sel = [r for r in rows if r[0] == content]
             print(f"mean {content}: depth rms {np.mean([r[1]['depth_rms_steps'] for r in sel]):.3f} steps, thickness "
                   f"rms {np.mean([r[1]['thickness_rms_steps'] for r in sel]):.3f}, even-stack thickness max "

@@ -6,8 +6,9 @@ all its pairs, so one bad measurement is outvoted by the others, and a Huber wei
 (iteratively reweighted least squares) limits what an outlier can pull. A very weak prior,
 consecutive slices one nominal step apart, keeps slices without any measurement (blank or
 defective slices) in place between their neighbours. The normal equations are banded
-(pairs span at most a few slices), so the solve costs O(n) and the depth uncertainties,
-the diagonal of the inverse, are read column block by column block.
+(pairs span at most a few slices), so the solve costs O(n); the uncertainties (the
+diagonal of the inverse and the entries next to it) are read 512 columns at a time,
+O(n^2) in all, which for 20 000 slices is still small next to reading them.
 """
 
 from __future__ import annotations
