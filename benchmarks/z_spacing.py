@@ -24,8 +24,9 @@ output slice k is the blend of its two aligned slices' true depths with the grid
 (:mod:`amst.zspacing.grid`), so the extent error is exact; it is printed next to the error of
 the uncorrected stack (slice k taken to lie at k steps).
 
-Cost: one stack of ``--cost-shape`` aligned twice in this run, ``--z-spacing off`` and
-``estimate``: the wall-time ratio and the z-spacing stage's share of the run's stage time.
+Cost: one stack of ``--cost-shape`` aligned ``--repeats`` times each with ``--z-spacing off`` and
+``estimate``, alternating: the median wall-time ratio and the z-spacing stage's share of the
+run's other stages.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--cost-shape", nargs=3, type=int, default=[40, 2048, 2048])
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument("--cost-only", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating off/estimate pairs for the cost")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args()
@@ -130,13 +132,23 @@ def main() -> None:
         if args.no_cost:
             return
         cfg = SynthConfig(shape=tuple(args.cost_shape), seed=0)
-        _, _, wall_off, t_off = run_one(cfg, work, "off", args.workers)
-        _, _, wall_on, t_on = run_one(cfg, work, "estimate", args.workers)
-        stages = sum(v for k, v in t_on.items() if k != "z_spacing")
-        print(f"cost at {args.cost_shape}: wall off {wall_off:.1f} s, estimate {wall_on:.1f} s, ratio "
-              f"{wall_on / wall_off:.3f}; z_spacing stage {t_on.get('z_spacing', 0):.4f} s/slice = "
-              f"{100 * t_on.get('z_spacing', 0) / stages:.1f} % of the other stages ({stages:.3f} s/slice)")
-
+        synthesize(work / "cost", cfg, workers=args.workers, overwrite=True)
+        walls: dict[str, list[float]] = {"off": [], "estimate": []}
+        share = []
+        for _ in range(args.repeats):  # alternating, so that the machine's drift hits both alike
+            for mode in ("off", "estimate"):
+                t0 = time.perf_counter()
+                res = align(work / "cost" / "raw", work / f"cost_run_{mode}", prealign="tm", backend="fast",
+                            z_spacing=mode, workers=args.workers, progress=False, overwrite=True)
+                walls[mode].append(time.perf_counter() - t0)
+                if mode == "estimate":
+                    t = res.timings_per_slice
+                    share.append(t["z_spacing"] / sum(v for k, v in t.items() if k != "z_spacing"))
+        ratios = [b / a for a, b in zip(walls["off"], walls["estimate"])]
+        print(f"cost at {args.cost_shape}, {args.repeats} alternating pairs: wall off "
+              f"{' '.join(f'{v:.1f}' for v in walls['off'])} s, estimate {' '.join(f'{v:.1f}' for v in walls['estimate'])} s; "
+              f"ratio median {np.median(ratios):.3f} (each {' '.join(f'{r:.3f}' for r in ratios)}); z_spacing stage "
+              f"median {100 * np.median(share):.1f} % of the other stages")
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ out before any distance is measured.
 Accuracy (``benchmarks/z_spacing.py``, +-30 % smooth variation plus a double-thick and a
 0.3-step slice, 3 seeds each of the phantom at 120 x 512^2 and real FIB-SEM content at
 180 x 202^2): thickness RMS error about 0.10 step, double-thick slices within 21 %, but
-0.3-step slices read 0.44-0.69 steps and the depths drift by about 1.2 steps RMS over the
+0.3-step slices read 0.44-0.71 steps and the depths drift by about 1.2 steps RMS over the
 stack. The content's own anisotropy, which changes with depth, is indistinguishable from a
 change of thickness and dominates the error; it shrinks with the measured field.
 """
