@@ -114,8 +114,8 @@ def main() -> None:
                 e10, e40 = extent_errors(z_est, z_true, step, 10), extent_errors(z_est, z_true, step, 40)
                 ext10, ext40 = [float(np.median(v)) for v in e10], [float(np.median(v)) for v in e40]
                 max10 = [float(v.max()) for v in e10]
-                events = "  ".join(f"{e['true_steps']:.2f}->{e['estimated_steps']:.2f} ({100 * e['relative_error']:+.0f}%)"
-                                   for e in err["events"])
+                events = "  ".join(f"{e['true_steps']:.2f}->{e['estimated_steps']:.2f} "
+                                   f"({100 * e['relative_error']:+.0f}%)" for e in err["events"])
                 print(f"{content:8} {seed:>4} | {err['depth_rms_steps']:9.3f} {err['depth_max_steps']:6.3f} | "
                       f"{err['thickness_rms_steps']:9.3f} {err['thickness_max_steps']:6.3f} | {events:42} | "
                       f"{even['thickness_max_steps']:15.3f} | {100 * ext10[0]:8.1f}% / {100 * ext10[1]:5.1f}% "
@@ -127,7 +127,8 @@ def main() -> None:
             print(f"mean {content}: depth rms {np.mean([r[1]['depth_rms_steps'] for r in sel]):.3f} steps, thickness "
                   f"rms {np.mean([r[1]['thickness_rms_steps'] for r in sel]):.3f}, even-stack thickness max "
                   f"{np.mean([r[2]['thickness_max_steps'] for r in sel]):.3f}, extent L=10 "
-                  f"{100 * np.mean([r[3][0] for r in sel]):.1f}% (uncorrected {100 * np.mean([r[3][1] for r in sel]):.1f}%), "
+                  f"{100 * np.mean([r[3][0] for r in sel]):.1f}% "
+                  f"(uncorrected {100 * np.mean([r[3][1] for r in sel]):.1f}%), "
                   f"L=40 {100 * np.mean([r[4][0] for r in sel]):.1f}% ({100 * np.mean([r[4][1] for r in sel]):.1f}%)")
         if args.no_cost:
             return
@@ -146,7 +147,8 @@ def main() -> None:
                     share.append(t["z_spacing"] / sum(v for k, v in t.items() if k != "z_spacing"))
         ratios = [b / a for a, b in zip(walls["off"], walls["estimate"])]
         print(f"cost at {args.cost_shape}, {args.repeats} alternating pairs: wall off "
-              f"{' '.join(f'{v:.1f}' for v in walls['off'])} s, estimate {' '.join(f'{v:.1f}' for v in walls['estimate'])} s; "
+              f"{' '.join(f'{v:.1f}' for v in walls['off'])} s, estimate "
+              f"{' '.join(f'{v:.1f}' for v in walls['estimate'])} s; "
               f"ratio median {np.median(ratios):.3f} (each {' '.join(f'{r:.3f}' for r in ratios)}); z_spacing stage "
               f"median {100 * np.median(share):.1f} % of the other stages")
 

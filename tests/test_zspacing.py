@@ -579,3 +579,11 @@ def test_apply_resample_writes_the_grid_step_as_the_z_voxel_size(zrun, zdata, tm
     vs = open_stack(out).voxel_size
     assert vs.z == pytest.approx(load_transforms(zrun / "transforms.json").extra["z_spacing"]["nominal_nm"])
     assert (vs.y, vs.x) == (5.0, 5.0)
+
+
+def test_z_spacing_refuses_pixels_that_are_not_square(zrun):
+    from amst.zspacing.stackwise import estimate_stack_depths
+
+    aligned = open_stack(zrun / "aligned.zarr")
+    with pytest.raises(ValueError, match="not square"):
+        estimate_stack_depths(aligned, VoxelSize(8.0, 6.0, 5.0), ZSpacingParams())

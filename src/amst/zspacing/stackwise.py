@@ -38,6 +38,9 @@ def estimate_stack_depths(aligned: Stack, voxel_size: VoxelSize | None, params: 
     if voxel_size is None:
         raise ValueError(f"{aligned.path}: the voxel size is unknown; z spacing needs the nominal slice step and "
                          "the pixel size: give --voxel-size Z Y X (nm)")
+    if abs(voxel_size.y - voxel_size.x) > 0.01 * voxel_size.x:
+        raise ValueError(f"{aligned.path}: pixels of {voxel_size.x:g} x {voxel_size.y:g} nm (x, y) are not square; the "
+                         "in-plane ruler of z spacing averages x and y shifts and needs square pixels")
     covered = common_coverage(aligned)
     return estimate_depths(aligned.read, len(aligned), covered, nominal_nm=voxel_size.z, pixel_nm=voxel_size.x,
                            params=params, workers=workers, progress=progress)
