@@ -22,13 +22,16 @@ from amst.zspacing import ZSpacingParams, estimate_depths
 from amst.zspacing.grid import even_grid
 from amst.zspacing.similarity import (
     distance_and_slope,
-    distance_from_similarity,
     falloff_in_plane,
     pooled_ncc,
     tile_stack,
 )
 from amst.zspacing.solve import PairDistances, solve_depths
 from amst.zspacing.stackwise import grid_for
+
+
+def distance_from_similarity(falloff, similarity):
+    return distance_and_slope(falloff, similarity)[0]
 
 from .conftest import noise_tiff_folder
 
@@ -587,3 +590,39 @@ def test_z_spacing_refuses_pixels_that_are_not_square(zrun):
     aligned = open_stack(zrun / "aligned.zarr")
     with pytest.raises(ValueError, match="not square"):
         estimate_stack_depths(aligned, VoxelSize(8.0, 6.0, 5.0), ZSpacingParams())
+
+
+def test_remove_entry_and_mark_incomplete_touch_only_what_amst_wrote(tmp_path):
+    """The two removals the even-z output needs: one entry of a folder, proven amst's first, and the
+    result file whose presence says a run is complete; a user's file or a link is never followed."""
+    from amst.outdir import OutputError, OwnedEntry, Ownership, mark_incomplete, read_ownership, remove_entry, \
+        write_ownership
+
+    out = tmp_path / "run"
+    (out / "aligned_z").mkdir(parents=True)
+    (out / "aligned_z" / "z_00000.tif").write_bytes(b"amst")
+    (out / "transforms.json").write_text("{}")
+    entry = OwnedEntry("aligned_z", "tiff", ("z_00000.tif",))
+    write_ownership(out, Ownership("run", [OwnedEntry("transforms.json", "file"), entry], complete=True))
+
+    (out / "aligned_z" / "mine.tif").write_bytes(b"user")  # a user's file inside the entry: nothing removed
+    with pytest.raises(OutputError, match="mine.tif"):
+        remove_entry(out, entry)
+    assert (out / "aligned_z" / "z_00000.tif").exists() and (out / "aligned_z" / "mine.tif").exists()
+    (out / "aligned_z" / "mine.tif").unlink()
+    remove_entry(out, entry)
+    assert not (out / "aligned_z").exists() and (out / "transforms.json").exists()
+    with pytest.raises(ValueError, match="single output entry"):
+        remove_entry(out, OwnedEntry(".amst", "state"))
+
+    elsewhere = tmp_path / "user_transforms.json"
+    elsewhere.write_text("keep")
+    (out / "transforms.json").unlink()
+    (out / "transforms.json").symlink_to(elsewhere)
+    mark_incomplete(out, "transforms.json")
+    assert not read_ownership(out).complete
+    assert not (out / "transforms.json").is_symlink() and elsewhere.read_text() == "keep"
+
+    (out / "notes.json").write_text("user")  # not one of the marker's entries: left alone
+    mark_incomplete(out, "notes.json")
+    assert (out / "notes.json").read_text() == "user"

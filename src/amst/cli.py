@@ -356,8 +356,8 @@ def synth(out, preset, shape, voxel_size, seed, dtype, no_marks, from_volume, ca
 
     if z_variation is None and (z_length is not None or z_events is not None):
         raise click.UsageError("--z-length and --z-events shape uneven milling: give --z-variation AMPLITUDE too")
-    milling = (MillingParams(z_variation, 12.0 if z_length is None else z_length, 2 if z_events is None else z_events)
-               if z_variation is not None else None)
+    shape_of_milling = {k: v for k, v in (("length", z_length), ("events", z_events)) if v is not None}
+    milling = None if z_variation is None else MillingParams(z_variation, **shape_of_milling)
     if from_volume:
         default_shape, default_voxel = volume_defaults(from_volume, voxel_size)
         if milling is not None:  # uneven slices reach deeper than even ones: leave room

@@ -308,8 +308,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
-        if value is False and key == "z_spacing.mode":
-            return "off"  # YAML 1.1 reads an unquoted off as false
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted on/off as a boolean: a text option takes it back
+            return "on" if value else "off"
         if not isinstance(value, str):
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return value

@@ -455,6 +455,27 @@ def mark_complete(out: str | Path, ownership: Ownership) -> None:
     write_ownership(out, ownership)
 
 
-__all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "read_ownership",
+def mark_incomplete(out: str | Path, result_file: str) -> None:
+    """Record that a command writes into its finished output ``out`` again (a resumed run):
+    the marker says incomplete, and ``result_file``, whose presence says the output is
+    complete, is removed until the command writes it anew.
+
+    Only a ``result_file`` the marker lists as one of its ``file`` entries is removed (amst
+    wrote it); a link there is removed as a link, never followed.
+    """
+    out = Path(out)
+    ownership = read_ownership(out)
+    if ownership is None:
+        return
+    ownership.complete = False
+    write_ownership(out, ownership)
+    path = out / result_file
+    owned = any(e.name == result_file and e.kind == "file" for e in ownership.entries)
+    if owned and (path.is_symlink() or path.is_file()):
+        path.unlink()
+
+
+__all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "mark_incomplete",
+           "read_ownership",
            "refuse_overlap", "remove_entry", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text", "STATE_DIR",
            "REPORT_FILES"]

@@ -36,10 +36,11 @@ from .executors import in_process_limits, make_executor, sigint_ignored, single_
 from .fallbacks import FallbackWatch, RunError
 from .journal import drop_missing_output, journal_entry, open_output_stack, read_journal, slice_file_sizes
 from .outdir import (STATE_DIR, OutputError, OwnedEntry, Ownership, atomic_write_text, claim_output,
-                     mark_complete, read_ownership, refuse_overlap, remove_entry, unknown_files, write_ownership)
+                     mark_complete, mark_incomplete, read_ownership, refuse_overlap, remove_entry, unknown_files,
+                     write_ownership)
 from .warp import warp_slice
 from .zspacing import ZSpacing
-from .zspacing.stackwise import with_depths
+from .zspacing.stackwise import even_names, grid_for, with_depths, write_even_grid
 
 log = logging.getLogger("amst")
 
@@ -137,28 +138,30 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def _run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -> list[OwnedEntry]:
-    from .stack import output_is_file
-
     fmt = cfg.output.out_format
-    levels = tuple(str(i) for i in range(cfg.output.pyramid_levels))
-    output = (OwnedEntry(_output_name(cfg), "zarr", levels) if fmt == "zarr"
-              else OwnedEntry(_output_name(cfg), "file") if output_is_file(fmt)
-              else OwnedEntry(_output_name(cfg), "tiff", tuple(tiff_names)))
     entries = [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
-               OwnedEntry("transforms.json", "file"), output, OwnedEntry("report", "report")]
+               OwnedEntry("transforms.json", "file"),
+               _stack_entry(_output_name(cfg), fmt, cfg.output.pyramid_levels, tiff_names),
+               OwnedEntry("report", "report")]
     if cfg.z_spacing.mode == "resample":
         entries.append(_even_z_entry(fmt))
     return entries
 
 
-def _even_z_entry(fmt: str, tiff_names: tuple[str, ...] | list[str] = ()) -> OwnedEntry:
-    """The owned entry of a run's even-z output (``z_spacing.mode: resample``)."""
+def _stack_entry(name: str, fmt: str, levels: int, tiff_names: tuple[str, ...] | list[str]) -> OwnedEntry:
+    """The owned entry of an output stack in format ``fmt`` (a Zarr store, one file, or a TIFF folder)."""
     from .stack import output_is_file
+
+    if fmt == "zarr":
+        return OwnedEntry(name, "zarr", tuple(str(i) for i in range(levels)))
+    return OwnedEntry(name, "file") if output_is_file(fmt) else OwnedEntry(name, "tiff", tuple(tiff_names))
+
+
+def _even_z_entry(fmt: str, tiff_names: tuple[str, ...] | list[str] = ()) -> OwnedEntry:
+    """The owned entry of a run's even-z output (``z_spacing.mode: resample``; one Zarr level)."""
     from .zspacing.stackwise import EVEN_Z_OUTPUT
 
-    name = EVEN_Z_OUTPUT[fmt]
-    return (OwnedEntry(name, "zarr", ("0",)) if fmt == "zarr" else OwnedEntry(name, "file") if output_is_file(fmt)
-            else OwnedEntry(name, "tiff", tuple(tiff_names)))
+    return _stack_entry(EVEN_Z_OUTPUT[fmt], fmt, 1, tiff_names)
 
 
 def _prepare_out(out: Path, cfg: RunConfig, protected: dict[str, Path | None], parts: dict[str, Any],
@@ -515,6 +518,8 @@ def _run(stack: Stack, prealigned_stack: Stack | None, out: Path, cfg: RunConfig
     state = out / STATE_DIR
     log.info("amst %s: %s (%d slices, %dx%d %s, voxel %s) -> %s%s", __version__, stack.path, n, stack.shape[1],
              stack.shape[2], stack.dtype, stack.voxel_size or "unknown", out, " (resuming)" if resuming else "")
+    if resuming:  # what follows rewrites the folder: until the new transforms.json it must not read as complete
+        mark_incomplete(out, "transforms.json")
     atomic_write_text(out / "config.yaml", dump_yaml(cfg, __version__))
     log.debug("executor: %s; %d worker(s); result-affecting options: %s", type(executor).__name__ if executor else
               "this process", workers, json.dumps(cfg.result_affecting(), sort_keys=True, default=str))
@@ -713,7 +718,7 @@ def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, affines: np.
     from tqdm import tqdm
 
     from .zspacing.grid import even_grid
-    from .zspacing.stackwise import estimate_stack_depths, even_names, output_path, write_even_grid
+    from .zspacing.stackwise import estimate_stack_depths, output_path
 
     t0 = time.perf_counter()
     try:
@@ -735,13 +740,11 @@ def _depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, affines: np.
     fmt = cfg.output.out_format
     names = even_names(len(grid))
     check_output_fits(fmt, (len(grid), *canvas), stack.dtype)
-    # The even-z output is rewritten now: until the new transforms.json, the folder must not read as complete.
-    (out / "transforms.json").unlink(missing_ok=True)
+    entry = _even_z_entry(fmt, names)  # recorded before any of its files exists
+    ownership.entries[:] = [entry if e.name == entry.name else e for e in ownership.entries]
+    write_ownership(out, ownership)
     writer = create_writer(output_path(out, fmt), fmt, (len(grid), *canvas), stack.dtype, stack.voxel_size,
                            names=names, ngff_version=cfg.output.ngff_version, provenance=provenance)
-    ownership.entries[:] = [e for e in ownership.entries if e.name != output_path(out, fmt).name]
-    ownership.entries.append(_even_z_entry(fmt, getattr(writer, "names", names)))
-    write_ownership(out, ownership)
     with tqdm(total=len(grid), desc="even z", unit="slice", disable=not progress) as bar:
         write_even_grid(stack, affines, canvas, grid, writer, order=cfg.warp.order, workers=workers,
                         progress=bar.update)
@@ -1225,8 +1228,6 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     tf = load_transforms(transforms)
     grid = None
     if z_spacing == "resample":
-        from .zspacing.stackwise import grid_for
-
         try:
             grid = grid_for(tf)
         except ValueError as exc:
@@ -1259,27 +1260,22 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     protected = {"the input": stack.path, "the transforms file": Path(transforms)}
     claim_output(out, kind="apply", entries=[OwnedEntry(".", fmt)], overwrite=overwrite, protected=protected)
     canvas = tuple(tf.canvas_shape_yx)
-    if grid is not None:
-        from .zspacing.stackwise import even_names, write_even_grid
-
-        writer = create_writer(out, fmt, (len(grid), *canvas), stack.dtype, out_voxel, names=even_names(len(grid)))
-    else:
-        writer = create_writer(out, fmt, (len(stack), *canvas), stack.dtype, out_voxel, names=stack.names)
+    count, names = (len(stack), stack.names) if grid is None else (len(grid), even_names(len(grid)))
+    writer = create_writer(out, fmt, (count, *canvas), stack.dtype, out_voxel, names=names)
     ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ("0",))))])
     write_ownership(out, ownership)  # again: creating a Zarr store may have cleared the folder
 
     def one(z: int) -> None:
         writer.write(z, warp_slice(stack.read(z), tf.slices[z].affine, canvas, order))
 
-    if grid is not None:
-        with tqdm(total=len(grid), desc="apply (even z)", unit="slice", disable=not progress) as bar:
+    with tqdm(total=count, desc="apply" if grid is None else "apply (even z)", unit="slice",
+              disable=not progress) as bar:
+        if grid is None:
+            for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
+                bar.update(1)
+        else:
             write_even_grid(stack, tf.affines, canvas, grid, writer, order=order, workers=default_workers(workers),
                             progress=bar.update)
-        mark_complete(out, ownership)
-        return out
-    with tqdm(total=len(stack), desc="apply", unit="slice", disable=not progress) as bar:
-        for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
-            bar.update(1)
     mark_complete(out, ownership)
     return out
 

@@ -29,14 +29,14 @@ change of thickness and dominates the error; it shrinks with the measured field.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
 
 from ..imageops import finite_float32
 from ..parallel import ordered_map
-from .similarity import distance_and_slope, falloff_in_plane, pooled_ncc, tile_stack
+from .similarity import cut_tiles, distance_and_slope, falloff_in_plane, pooled_ncc, tile_stack
 from .solve import PairDistances, solve_depths
 
 __all__ = ["ZSpacingParams", "ZSpacing", "estimate_depths", "static_tiles"]
@@ -89,7 +89,7 @@ class ZSpacing:
     thickness_sd_nm: np.ndarray
     nominal_nm: float
     isotropy_ratio: float  # image-based mean step / nominal step
-    calibration: str
+    params: ZSpacingParams
     measured: np.ndarray
     residual_scale: float
     outliers: float
@@ -99,8 +99,12 @@ class ZSpacing:
     pixel_nm: float
     tiles_used: int
     tiles_static: int
-    params: dict[str, Any] = field(default_factory=dict)  # max_gap, tile, region: what was measured
-    extra: dict[str, Any] = field(default_factory=dict)
+    unreadable_pairs: float  # share of the slice pairs that could not be read as a distance
+
+    @property
+    def calibration(self) -> str:
+        """What set the global scale (``nominal`` or ``in-plane``)."""
+        return self.params.calibration
 
     @property
     def thickness_nm(self) -> np.ndarray:
@@ -110,13 +114,15 @@ class ZSpacing:
     def summary(self) -> dict[str, Any]:
         """The stack-level record of ``transforms.json`` (``z_spacing``)."""
         t = self.thickness_nm
-        return {"nominal_nm": self.nominal_nm, "calibration": self.calibration, **self.params,
+        return {"nominal_nm": self.nominal_nm, "calibration": self.calibration, "max_gap": self.params.max_gap,
+                "tile": self.params.tile, "region": self.params.region,
                 "isotropy_ratio": self.isotropy_ratio, "mean_thickness_nm": float(t.mean()) if t.size else None,
                 "thickness_range_nm": [float(t.min()), float(t.max())] if t.size else None,
                 "thickness_sd_nm": self.thickness_sd_nm.tolist(),
                 "residual_scale": self.residual_scale, "outliers": self.outliers,
                 "unmeasured_slices": [int(z) for z in np.flatnonzero(~self.measured)],
-                "tiles_used": self.tiles_used, "tiles_static": self.tiles_static, **self.extra,
+                "tiles_used": self.tiles_used, "tiles_static": self.tiles_static,
+                "unreadable_pairs": self.unreadable_pairs,
                 "falloff": {"z_nm": self.falloff_z_nm.tolist(), "z_ncc": self.falloff_z.tolist(),
                             "xy_nm": (np.arange(1, len(self.falloff_xy) + 1) * self.pixel_nm).tolist(),
                             "xy_ncc": self.falloff_xy.tolist()}}
@@ -216,7 +222,7 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
                          f"{pixel_nm} nm); give the voxel size (--voxel-size Z Y X)")
     ys, xs = _region(covered, params.region)
     t = params.tile
-    whole = _whole_tiles(covered[ys, xs], t)
+    whole = cut_tiles(covered[ys, xs], t).reshape(-1, t * t).all(axis=1)  # tiles wholly covered
     step_px = nominal_nm / pixel_nm
     max_shift = int(min(t // 2, np.ceil(1.8 * params.max_gap * step_px) + 2))
 
@@ -306,16 +312,7 @@ def estimate_depths(read: Callable[[int], np.ndarray], n: int, covered: np.ndarr
         log.warning("z spacing: slice(s) %s measured at or above the depth of the next slice (duplicated images?)",
                     ", ".join(str(int(z)) for z in thin[:10]))
     return ZSpacing(z_nm, solution.sd * scale_nm, solution.thickness_sd * scale_nm, float(nominal_nm), isotropy,
-                    params.calibration,
-                    solution.measured, solution.residual_scale, solution.outliers, falloff_z, falloff_z_nm,
+                    params, solution.measured, solution.residual_scale, solution.outliers, falloff_z, falloff_z_nm,
                     np.median(falloffs, axis=0) if falloffs else np.full(max_shift, np.nan), float(pixel_nm),
-                    int(keep.sum()), int(static.sum()),
-                    {"max_gap": params.max_gap, "tile": params.tile, "region": params.region},
-                    {"unreadable_pairs": float(unreadable_share)})
+                    int(keep.sum()), int(static.sum()), float(unreadable_share))
 
-
-def _whole_tiles(covered: np.ndarray, tile: int) -> np.ndarray:
-    """Per tile of :func:`tile_stack`'s order: whether every pixel is covered."""
-    ny, nx = covered.shape[0] // tile, covered.shape[1] // tile
-    blocks = covered[:ny * tile, :nx * tile].reshape(ny, tile, nx, tile).swapaxes(1, 2).reshape(ny * nx, -1)
-    return blocks.all(axis=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ from ..outdir import read_ownership
 from ..parallel import default_workers
 from ..stack import open_stack
 from ..transforms_io import load_transforms
-from .estimate import ZSpacingParams
 from .stackwise import estimate_stack_depths, with_depths
 
 __all__ = ["estimate_run_depths"]
@@ -57,9 +57,8 @@ def estimate_run_depths(out: Path, *, max_gap: int | None = None, calibration: s
     if len(aligned) != len(tf.slices):
         raise ValueError(f"{out / name} has {len(aligned)} slices, transforms.json {len(tf.slices)}; the depths are "
                          "measured on the run's own per-slice output")
-    params = ZSpacingParams(max_gap=section.max_gap if max_gap is None else max_gap, tile=section.tile,
-                            region=section.region,
-                            calibration=section.calibration if calibration is None else calibration)  # type: ignore[arg-type]
+    params = dataclasses.replace(section, **{k: v for k, v in (("max_gap", max_gap), ("calibration", calibration))
+                                             if v is not None}).params()
     with tqdm(total=len(aligned), desc="z spacing", unit="slice") as bar:
         depths = estimate_stack_depths(aligned, tf.voxel_size or aligned.voxel_size, params,
                                        workers=default_workers(workers), progress=bar.update)

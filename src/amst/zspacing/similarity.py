@@ -22,7 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_stack", "falloff_in_plane", "pooled_ncc", "distance_from_similarity", "distance_and_slope"]
+__all__ = ["cut_tiles", "tile_stack", "falloff_in_plane", "pooled_ncc", "distance_and_slope"]
+
+
+def cut_tiles(array: np.ndarray, tile: int) -> np.ndarray:
+    """The whole ``tile`` x ``tile`` tiles of a 2-D array, row by row: (k, tile, tile), k = 0 when none fits."""
+    a = np.asarray(array)
+    ny, nx = a.shape[0] // tile, a.shape[1] // tile
+    return a[:ny * tile, :nx * tile].reshape(ny, tile, nx, tile).swapaxes(1, 2).reshape(ny * nx, tile, tile)
 
 
 def tile_stack(image: np.ndarray, tile: int) -> np.ndarray:
@@ -38,11 +45,9 @@ def tile_stack(image: np.ndarray, tile: int) -> np.ndarray:
     -------
     (k, tile, tile) float64 array
     """
-    img = np.asarray(image, dtype=np.float64)
-    ny, nx = img.shape[0] // tile, img.shape[1] // tile
-    if ny == 0 or nx == 0:
-        raise ValueError(f"a {img.shape[0]} x {img.shape[1]} px image holds no {tile} px tile")
-    tiles = img[:ny * tile, :nx * tile].reshape(ny, tile, nx, tile).swapaxes(1, 2).reshape(ny * nx, tile, tile)
+    tiles = cut_tiles(np.asarray(image, dtype=np.float64), tile)
+    if not len(tiles):
+        raise ValueError(f"a {image.shape[0]} x {image.shape[1]} px image holds no {tile} px tile")
     return tiles - tiles.mean(axis=(1, 2), keepdims=True)
 
 
@@ -78,10 +83,6 @@ def falloff_in_plane(tiles: np.ndarray, max_shift: int) -> np.ndarray:
     return out
 
 
-def distance_from_similarity(falloff: np.ndarray, similarity: float) -> float:
-    return distance_and_slope(falloff, similarity)[0]
-
-
 def distance_and_slope(falloff: np.ndarray, similarity: float) -> tuple[float, float]:
     """The in-plane distance at which ``falloff`` reaches ``similarity`` (pixels).
 
@@ -94,9 +95,12 @@ def distance_and_slope(falloff: np.ndarray, similarity: float) -> tuple[float, f
 
     Returns
     -------
-    float
-        The distance; ``inf`` when ``similarity`` is at or below the falloff at its largest
-        shift (as far or farther than measured), ``nan`` when it or the falloff cannot be read.
+    distance : float
+        ``inf`` when ``similarity`` is at or below the falloff at its largest shift (as far
+        or farther than measured), ``nan`` when it or the falloff cannot be read.
+    slope : float
+        How fast the log falloff drops per pixel there (0 beyond the measured range): a
+        distance read where it is flat is poorly determined.
     """
     if not np.isfinite(similarity):
         return float("nan"), float("nan")
