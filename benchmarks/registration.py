@@ -42,7 +42,6 @@ def _pairs(data: Path, count: int, backend: str, full_templates: bool = False):
     pyramid level it refines on, from smoothed and reduced raw slices.
     """
     from amst.imageops import finite_float32
-    from amst.pipeline import _prealigned_float
     from amst.register import template_level
     from amst.register.fast import level_image, level_shape
     from amst.stack import open_stack
@@ -50,6 +49,7 @@ def _pairs(data: Path, count: int, backend: str, full_templates: bool = False):
     from amst.template import masked_median, window_indices
     from amst.transform import at_level, compose, invert
     from amst.transforms_io import load_transforms
+    from amst.warp import placed_float
 
     stack = open_stack(data / "raw")
     tf = load_transforms(data / "prealign.json")
@@ -70,7 +70,7 @@ def _pairs(data: Path, count: int, backend: str, full_templates: bool = False):
 
     for z in chosen:
         window = window_indices(z, n, 7, leave_out=True)
-        tmpl = masked_median([_prealigned_float(image(k), at_level(pre[k], level), level_shape(canvas, level))
+        tmpl = masked_median([placed_float(image(k), at_level(pre[k], level), level_shape(canvas, level))
                               for k in window])
         mask = np.isfinite(tmpl)
         filled = np.where(mask, tmpl, np.float32(tmpl[mask].mean()))

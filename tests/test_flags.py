@@ -178,19 +178,19 @@ def test_misaligned_slice_is_named_in_summary_table_and_transforms(misaligned_ru
 
 def test_run_printout_names_a_slice_left_misaligned(tmp_path, monkeypatch):
     """`amst run` prints the slice the residual flags (the registration of slice 11 is pushed 1.5 px off)."""
-    import amst.pipeline as pipeline
+    import amst.pipeline.run as pipeline
     from amst.cli import main
     from amst.synth import SynthConfig, synthesize
 
     synthesize(tmp_path / "data", SynthConfig(shape=(30, 256, 256), seed=5), workers=1)
-    combine = pipeline._combine
+    combine = pipeline.combine_results
 
     def off_by_1_5(results, *args, **kwargs):
         summary = combine(results, *args, **kwargs)
-        results[11]["affine"] = (np.array(results[11]["affine"]) + [[0, 0, 1.5], [0, 0, 0]]).tolist()  # what is written
+        results[11].affine = results[11].affine + [[0, 0, 1.5], [0, 0, 0]]  # what is written
         return summary
 
-    monkeypatch.setattr(pipeline, "_combine", off_by_1_5)
+    monkeypatch.setattr(pipeline, "combine_results", off_by_1_5)
     result = CliRunner().invoke(main, ["run", str(tmp_path / "data" / "raw"), str(tmp_path / "out"), "--backend",
                                        "fast", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output

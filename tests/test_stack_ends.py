@@ -113,35 +113,35 @@ def test_benchmark_counts_only_interior_events_as_the_other_auto_focus_slices():
 
 
 def test_one_sided_measurement_takes_out_the_contents_change_with_depth():
-    from amst.pipeline import _extrapolated_linear
+    from amst.pipeline.refine import extrapolated_linear
 
     growth = np.array([[0.002, 0.0005], [-0.001, 0.001]])  # the content's change per slice
     distortion = np.array([[1.006, 0.0], [0.0, 0.997]])
     for z, a, p, q in ((0, 1, 1, 2), (79, 78, 77, 76), (5, 7, 8, 10), (0, 1, 3, 4)):
         seen_za = distortion + (a - z) * growth          # slice z registered to slice a
         seen_pq = np.eye(2) + (q - p) * growth           # undistorted p registered to q
-        np.testing.assert_allclose(_extrapolated_linear(seen_za, seen_pq, z, a, p, q), distortion, atol=1e-12)
+        np.testing.assert_allclose(extrapolated_linear(seen_za, seen_pq, z, a, p, q), distortion, atol=1e-12)
 
 
 def test_refine_plan_is_two_sided_inside_and_one_sided_with_a_motion_pair_at_the_ends():
-    from amst.pipeline import _RefinePlan, _refine_plan
+    from amst.pipeline.refine import RefinePlan, refine_plan
 
     n = 20
     usable = np.ones(n, bool)
     needs = np.zeros(n, bool)
     needs[[0, 9, 10, 19]] = True
-    assert _refine_plan(9, needs, usable) == _RefinePlan((8, 11))
-    assert _refine_plan(0, needs, usable) == _RefinePlan((1,), (1, 2))
-    assert _refine_plan(19, needs, usable) == _RefinePlan((18,), (18, 17))
+    assert refine_plan(9, needs, usable) == RefinePlan((8, 11))
+    assert refine_plan(0, needs, usable) == RefinePlan((1,), (1, 2))
+    assert refine_plan(19, needs, usable) == RefinePlan((18,), (18, 17))
     corrected = np.zeros(n, bool)
     corrected[1] = True  # slice 1 settled with a correction: the motion pair starts beyond it
-    assert _refine_plan(0, needs, usable, corrected) == _RefinePlan((1,), (2, 3))
+    assert refine_plan(0, needs, usable, corrected) == RefinePlan((1,), (2, 3))
     needs[1] = True   # the nearest is two away: the motion pair spans two slices too
-    assert _refine_plan(0, needs, usable) == _RefinePlan((2,), (2, 4))
+    assert refine_plan(0, needs, usable) == RefinePlan((2,), (2, 4))
     usable[3:] = False  # nothing beyond the neighbour: measured against it alone
-    assert _refine_plan(0, needs, usable) == _RefinePlan((2,))
+    assert refine_plan(0, needs, usable) == RefinePlan((2,))
     needs[:4] = True
-    assert _refine_plan(0, needs, np.ones(n, bool)) == _RefinePlan(())  # none within three slices
+    assert refine_plan(0, needs, np.ones(n, bool)) == RefinePlan(())  # none within three slices
 
 
 def test_events_on_the_first_and_last_slices_are_corrected(tmp_path):

@@ -203,11 +203,11 @@ def test_verbose_logs_debug_lines_also_into_the_run_log(raw, tmp_path, monkeypat
     log_file = tmp_path / "amst.log"
 
     def fake_align(*args, **kwargs):
-        handler = amst.pipeline._attach_log(log_file)
+        handler = amst.pipeline.attach_log(log_file)
         try:
             logging.getLogger("amst.pipeline").debug("probe from the pipeline")
         finally:
-            amst.pipeline.log.removeHandler(handler)
+            logging.getLogger("amst").removeHandler(handler)
             handler.close()
         raise ValueError("stop here")
 

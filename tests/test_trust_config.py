@@ -13,10 +13,21 @@ from amst.register.elastix import ALLOWED_PARAMETERS, ITK_DEFAULT_AFFINE_PARAMET
 from amst.register.fast import FastParams
 from amst.synth.acquisition import AcquisitionParams, add_noise
 from amst.synth.phantom import Phantom, PhantomParams
-from amst.transform import apply_to_points, compose, invert, translation
-from amst.warp import coverage_mask
+from amst.transform import apply_to_points, as_affine, compose, invert, translation
 
 N = 256
+
+
+def coverage_mask(raw_shape_yx: tuple[int, int], affine: np.ndarray, canvas_shape_yx: tuple[int, int],
+                  margin: float = 0.0) -> np.ndarray:
+    """Boolean mask of output pixels whose source lies inside the raw slice (minus ``margin`` px)."""
+    m = as_affine(affine)
+    h, w = canvas_shape_yx
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
+    sy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+    rh, rw = raw_shape_yx
+    return (sx >= margin) & (sx <= rw - 1 - margin) & (sy >= margin) & (sy <= rh - 1 - margin)
 
 
 # -- item 8: unknown keys, wrong types, values that make no sense ---------------------------

@@ -18,6 +18,7 @@ from . import __version__
 from .config import FLAT_OPTIONS, RunConfig
 from .stack import StackError, VoxelSize, open_stack
 from .stack.tiff import DEFAULT_PATTERN
+from .transforms_io import STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -554,7 +555,7 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
         from .transforms_io import load_transforms
 
         res.transforms = load_transforms(Path(out) / "transforms.json")  # now with the residual's flags (check)
-    counts = {s: res.statuses.count(s) for s in ("ok", "fallback", "blank", "failed")}
+    counts = {s: res.statuses.count(s) for s in STATUSES}
     click.echo(f"aligned {len(res.statuses)} slices -> {res.output_stack}  ("
                + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ")")
     comb = res.transforms.extra.get("combine", {})
@@ -567,7 +568,8 @@ def run_cmd(input, out, prealign_method, config_file, overwrite, quiet, no_repor
     *registered, resampled = res.recomputed_per_pass
     click.echo("slices computed by this run: registered per pass: " + " ".join(str(v) for v in registered)
                + f"; resampled: {resampled}")
-    click.echo("time per slice (s): " + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items()))
+    click.echo("time per slice (core-s, idle: workers waiting): "
+               + "  ".join(f"{k} {v:.3f}" for k, v in res.timings_per_slice.items() if v > 0))
     info = res.transforms.extra.get("prealign_info", {})
     if info.get("fallback_reason"):
         click.echo(f"WARNING pre-alignment: {info.get('method_requested')} was asked for, {info.get('method')} was "

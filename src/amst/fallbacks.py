@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pipeline.records import SliceResult
 
 
 class RunError(RuntimeError):
@@ -26,10 +29,11 @@ class FallbackWatch:
     pass_index: int
     reasons: dict[str, int] = field(default_factory=dict)
 
-    def add(self, entry: dict[str, Any]) -> None:
-        if entry["status"] != "fallback":
+    def add(self, entry: SliceResult) -> None:
+        """Count one slice's result; raises :class:`RunError` once too many have fallen back."""
+        if entry.status != "fallback":
             return
-        reason = str(entry["metrics"].get("reason", "unknown"))
+        reason = str(entry.metrics.get("reason", "unknown"))
         key = reason.split(" (")[0][:120]
         self.reasons[key] = self.reasons.get(key, 0) + 1
         count = sum(self.reasons.values())

@@ -136,13 +136,42 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A reader (or a resumed run) sees either the old file or the complete new one, never a torn one.
+    The temporary file is ``.NAME.partial`` (:func:`remove_owned` knows the name).
+
+    Parameters
+    ----------
+    path : path
+        The file to write; its folder must exist.
+    text : str
+        Written in text mode (the locale's encoding, as ``open`` does).
     """
-    path = Path(path)
+    _atomic_write(Path(path), "w", text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    """:func:`atomic_write_text` for bytes (e.g. an encoded image).
+
+    Parameters
+    ----------
+    path : path
+        The file to write; its folder must exist.
+    data : bytes
+    sync : bool
+        fsync before the rename. Output slices skip it: the journal entry that marks a slice
+        done records its file sizes and a resumed run recomputes a slice whose file does not
+        match them (:mod:`amst.pipeline.journal`), as it does for Zarr chunks.
+    """
+    _atomic_write(Path(path), "wb", data, sync)
+
+
+def _atomic_write(path: Path, mode: str, content: str | bytes, sync: bool = True) -> None:
+    """The one atomic write: temporary file beside ``path``, fsync, rename over ``path``."""
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(tmp, mode) as f:
+        f.write(content)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -477,5 +506,6 @@ def mark_incomplete(out: str | Path, result_file: str) -> None:
 
 __all__ = ["OutputError", "OwnedEntry", "Ownership", "claim_output", "mark_complete", "mark_incomplete",
            "read_ownership",
-           "refuse_overlap", "remove_entry", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text", "STATE_DIR",
+           "refuse_overlap", "remove_entry", "remove_owned", "unknown_files", "write_ownership", "atomic_write_text",
+           "atomic_write_bytes", "STATE_DIR",
            "REPORT_FILES"]

@@ -35,7 +35,7 @@ r/2 slices away. Three rules are offered (``ends``):
   seed 0, against 2.7x / 7.5x).
 
 Since the refinement measures a slice with one undistorted neighbour one-sided, less the
-content's change with depth (``amst.pipeline._refine_corrections``), ``"extend"`` is the
+content's change with depth (``amst.pipeline.refine.refine_corrections``), ``"extend"`` is the
 default. ``python benchmarks/stack_ends.py --content phantom texture --seeds 0 1 2 --at-ends
 0 1 2 3 --ends extend --flags``, 80 x 512^2, events on the first and the last k slices, end
 error / median error of the other auto-focus events, mean over seeds 0-2, first / last:
@@ -283,10 +283,77 @@ def window_bounds(z: int, n: int, radius: int) -> tuple[int, int]:
     return min(idx), max(idx) + 1
 
 
+class TemplateWindow:
+    """The median templates of slices ``first..last-1``, from pre-aligned slices added in z order.
+
+    :meth:`add` takes the next slice and returns the templates it completed; only the
+    ``2 * radius + 1`` slices the next template needs are held.
+
+    Parameters
+    ----------
+    n : int
+        Stack depth.
+    radius : int
+        Median radius.
+    first, last : int
+        Range of templates to produce.
+    leave_out : bool
+        Leave the slice itself out of its own template.
+    balanced : bool
+        When a slice in the window covers nothing (left out: blank, failed, distorted),
+        also leave out its mirror partner ``2 z - j``, so that the template's slices stay
+        centred on ``z`` in depth (structures that move with depth would otherwise pull it
+        towards the other side).
+    ends : str
+        "mirror", "shrink" or "extend", see :func:`window_members` and :func:`extended_members`.
+    """
+
+    def __init__(self, n: int, radius: int, first: int, last: int, *, leave_out: bool = False,
+                 balanced: bool = False, ends: str = "mirror") -> None:
+        self.n, self.radius, self.last = n, radius, last
+        self.leave_out, self.balanced, self.ends = leave_out, balanced, ends
+        self.next_template = first
+        self._window: deque[tuple[int, _Member | None]] = deque()
+
+    @property
+    def done(self) -> bool:
+        return self.next_template >= self.last
+
+    def reads(self) -> range:
+        """The slices to add, in order: ``window_bounds(first)[0] .. window_bounds(last - 1)[1]``."""
+        return range(window_bounds(self.next_template, self.n, self.radius)[0],
+                     window_bounds(self.last - 1, self.n, self.radius)[1])
+
+    def add(self, index: int, image: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add slice ``index`` (float32, NaN = uncovered); returns the ``(z, template)`` it completed."""
+        shape = image.shape
+        self._window.append((index, _Member.from_nan(image)))  # converted once, used by 2r + 1 templates
+        out = []
+        while not self.done:
+            z = self.next_template
+            lo, hi = window_bounds(z, self.n, self.radius)
+            if self._window[-1][0] < hi - 1:
+                break
+            while self._window and self._window[0][0] < lo:
+                self._window.popleft()
+            held = dict(self._window)
+            pairs = window_members(z, self.n, self.radius, self.leave_out, self.ends)
+            if self.ends == "extend":
+                pairs = _extend_window(pairs, z, self.n, self.radius, lambda j: held[j] is not None)
+            if self.balanced:
+                missing = {o for o, j in pairs if held[j] is None}
+                pairs = [(o, j) for o, j in pairs if -o not in missing]
+            members = [held[j] for _, j in pairs]
+            out.append((z, _median([s for s in members if s is not None], shape)))
+            self.next_template += 1
+        return out
+
+
 def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: int,
                       first: int, last: int, leave_out: bool = False, balanced: bool = False,
                       ends: str = "mirror") -> Iterator[tuple[int, np.ndarray]]:
-    """Templates for slices ``first..last-1`` from pre-aligned slices streamed in z order.
+    """Templates for slices ``first..last-1`` from pre-aligned slices streamed in z order
+    (:class:`TemplateWindow` over an iterable).
 
     Parameters
     ----------
@@ -294,39 +361,15 @@ def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: 
         Pre-aligned slices ``start, start + 1, ...`` covering
         ``window_bounds(first)[0] .. window_bounds(last - 1)[1]``.
     start : index of the first streamed slice
-    n : stack depth; radius : median radius
-    first, last : range of templates to produce
-    balanced : when a slice in the window covers nothing (left out: blank, failed,
-        distorted), also leave out its mirror partner ``2 z - j``, so that the template's
-        slices stay centred on ``z`` in depth (structures that move with depth would
-        otherwise pull it towards the other side)
-    ends : "mirror", "shrink" or "extend", see :func:`window_members` and :func:`extended_members`
+    n, radius, first, last, leave_out, balanced, ends : see :class:`TemplateWindow`
 
     Yields
     ------
     (z, template)
         Only ``2 * radius + 1`` slices are held at any time.
     """
-    window: deque[tuple[int, _Member | None]] = deque()
-    z_next = first
+    window = TemplateWindow(n, radius, first, last, leave_out=leave_out, balanced=balanced, ends=ends)
     for idx, img in enumerate(slices, start=start):
-        shape = img.shape
-        window.append((idx, _Member.from_nan(img)))  # converted once, used by 2r + 1 templates
-        while z_next < last:
-            lo, hi = window_bounds(z_next, n, radius)
-            if window[-1][0] < hi - 1:
-                break
-            while window and window[0][0] < lo:
-                window.popleft()
-            held = dict(window)
-            pairs = window_members(z_next, n, radius, leave_out, ends)
-            if ends == "extend":
-                pairs = _extend_window(pairs, z_next, n, radius, lambda j: held[j] is not None)
-            if balanced:
-                missing = {o for o, j in pairs if held[j] is None}
-                pairs = [(o, j) for o, j in pairs if -o not in missing]
-            members = [held[j] for _, j in pairs]
-            yield z_next, _median([s for s in members if s is not None], shape)
-            z_next += 1
-        if z_next >= last:
+        yield from window.add(idx, img)
+        if window.done:
             return

@@ -16,8 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-
 
 def as_affine(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """Return ``matrix`` as a validated 2x3 float64 affine.
@@ -141,12 +139,3 @@ def decompose(m: np.ndarray) -> dict[str, float]:
 def to_list(m: np.ndarray) -> list[list[float]]:
     """JSON-ready nested list of a 2x3 affine."""
     return [[float(v) for v in row] for row in as_affine(m)]
-
-
-def fit_affine(src_xy: np.ndarray, dst_xy: np.ndarray) -> np.ndarray:
-    """Least-squares affine ``M`` with ``M(src) ~= dst`` for ``(N, 2)`` point sets (N >= 3)."""
-    src = np.asarray(src_xy, dtype=np.float64)
-    dst = np.asarray(dst_xy, dtype=np.float64)
-    design = np.hstack([src, np.ones((len(src), 1))])
-    sol, *_ = np.linalg.lstsq(design, dst, rcond=None)
-    return sol.T.copy()

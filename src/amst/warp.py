@@ -55,6 +55,28 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
     return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
 
 
+def placed_float(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int, int]) -> np.ndarray:
+    """A raw slice placed on the canvas by ``affine`` (linear), as float32, NaN where it has no data.
+
+    How the pipeline places slices for a template (``amst.pipeline``'s pre-aligned members).
+
+    Parameters
+    ----------
+    image : 2-D array
+        The raw slice (float32 is used as it is; other dtypes are converted).
+    affine : (2, 3) array
+        Output (x, y) -> raw (x, y).
+    canvas_shape_yx : (int, int)
+        (H, W) of the output.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of shape ``canvas_shape_yx``.
+    """
+    return warp_slice(image.astype(np.float32, copy=False), affine, canvas_shape_yx, "linear", fill=np.nan)
+
+
 def _warp_cubic(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
     """Keys cubic convolution (float32); scikit-image releases the GIL, so slices warp in parallel threads."""
     from skimage.transform import warp
@@ -73,15 +95,3 @@ def _nearest_take(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill
     out = np.full(shape, fill, dtype=image.dtype)
     out[inside] = image[sy[inside], sx[inside]]
     return out
-
-
-def coverage_mask(raw_shape_yx: tuple[int, int], affine: np.ndarray, canvas_shape_yx: tuple[int, int],
-                  margin: float = 0.0) -> np.ndarray:
-    """Boolean mask of output pixels whose source lies inside the raw slice (minus ``margin`` px)."""
-    m = as_affine(affine)
-    h, w = canvas_shape_yx
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    sx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
-    sy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
-    rh, rw = raw_shape_yx
-    return (sx >= margin) & (sx <= rw - 1 - margin) & (sy >= margin) & (sy <= rh - 1 - margin)

@@ -223,10 +223,17 @@ def _weighted_lsq(comp: np.ndarray, ref: int, i: np.ndarray, j: np.ndarray, d: n
 
 
 def _fill_gaps(positions: np.ndarray, components: list[np.ndarray], reference: int) -> np.ndarray:
-    """Linear interpolation (and constant extrapolation) for slices without a position.
+    """Join separately solved components, then interpolate slices without a position.
 
-    Separate components cannot be related by measurements; each is shifted so it
-    continues its predecessor linearly (the best guess, flagged by the caller).
+    Separate components cannot be related by measurements. Taken in order of their first
+    slice, each component after the first, except the reference's, is shifted by one
+    constant offset so that its first slice sits exactly where the previous component's
+    last slice is (already shifted): no step across the gap, and no continuation of the
+    previous component's drift (the best guess, flagged by the caller). The first component
+    keeps its own solution (its first slice, or the reference, at 0) even when the
+    reference lies in a later one. Slices still without a position (NaN) are then
+    interpolated linearly between the nearest known slices on each axis, and held constant
+    beyond the first and last known ones.
     """
     out = positions.copy()
     n = len(out)

@@ -10,9 +10,8 @@ import cv2
 import numpy as np
 
 from ..combine import robust_sigma
+from ..gauss_newton import refine_affine
 from ..parallel import ordered_map
-from ..register.base import RegistrationError
-from ..register.fast import register_fast
 from ..transform import apply_to_points, translation
 from ..stack import Stack
 from ..imageops import finite_float32, is_blank
@@ -94,18 +93,20 @@ def affine_refined_position(image: np.ndarray, template: np.ndarray, x: float, y
     Normalised cross-correlation of a translated template finds where the marks match best
     on average. When the pixel size changed (auto-focus), the marks spread or shrink about
     the focus point, and that average sits at the marks' centroid rather than at the ROI
-    centre. An affine fit of the template at the NCC position (the fast back-end, one
-    level, from there), read at the template's centre, removes that bias. A fit that moves
-    the centre by more than ``max_move_px`` is not trusted: the NCC position is kept.
+    centre. An affine fit of the template at the NCC position (:func:`amst.gauss_newton.refine_affine`:
+    the fast back-end's iterations, one level, no smoothing, from there), read at the
+    template's centre, removes that bias. A fit that moves the centre by more than
+    ``max_move_px`` is not trusted: the NCC position is kept.
     """
     th, tw = template.shape
     centre = np.array([[(tw - 1) / 2.0, (th - 1) / 2.0]])
     try:
-        fit = register_fast(image, template, None, translation(x, y),
-                            {"smooth_sigma": 0.0, "finest_level": 0, "coarsest_side": 10**9})
-    except (RegistrationError, np.linalg.LinAlgError):  # no refinement possible: keep the NCC position
+        fit = refine_affine(image, template, translation(x, y))
+    except np.linalg.LinAlgError:
+        fit = None
+    if fit is None:  # no refinement possible: keep the NCC position
         return x, y
-    shift = apply_to_points(fit.affine, centre)[0] - centre[0]
+    shift = apply_to_points(fit, centre)[0] - centre[0]
     if not np.all(np.isfinite(shift)) or np.hypot(shift[0] - x, shift[1] - y) > max_move_px:
         return x, y
     return float(shift[0]), float(shift[1])

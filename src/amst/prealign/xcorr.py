@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -61,20 +62,12 @@ class PhaseCorrelation:
         elif self.prefilter not in ("none", "gaussian"):
             raise ValueError(f"unknown prefilter {self.prefilter!r}; use gaussian, edges or none")
         img = img - img.mean()
-        img *= _hann(img.shape)
+        img *= hann_window(img.shape)
         return XcorrDescriptor(scipy.fft.fft2(img.astype(np.float32), workers=1), scale, blank)
 
     def _weight(self, shape: tuple[int, int]) -> np.ndarray:
-        """Gaussian low-pass applied after whitening: blurring before phase normalisation would
-        be undone by it, so the noise-dominated high frequencies are damped here instead."""
-        key = (shape, self.prefilter, self.sigma)
-        if key not in _WEIGHTS:
-            if self.prefilter == "none" or self.sigma <= 0:
-                _WEIGHTS[key] = np.ones(shape, np.float32)
-            else:
-                fy, fx = np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :]
-                _WEIGHTS[key] = np.exp(-2 * np.pi ** 2 * self.sigma ** 2 * (fx ** 2 + fy ** 2)).astype(np.float32)
-        return _WEIGHTS[key]
+        """Gaussian low-pass applied after whitening (:func:`lowpass_weight`)."""
+        return lowpass_weight(tuple(shape), self.prefilter, self.sigma)
 
     def match(self, a: XcorrDescriptor, b: XcorrDescriptor) -> PairMeasurement:
         """Displacement of content from slice a to slice b, in raw pixels (x, y)."""
@@ -100,11 +93,54 @@ class PhaseCorrelation:
         return PairMeasurement(np.array([x, y]) / a.scale, psr, ok, "" if ok else f"low peak (PSR {psr:.1f})")
 
 
-_HANN: dict[tuple[int, int], np.ndarray] = {}
-_WEIGHTS: dict[tuple, np.ndarray] = {}
+# Small caches of pure functions of a shape: read-only arrays, shared safely between threads.
+# One working-image shape per stack, a few per quality run (crops of several sizes).
+_CACHED_SHAPES = 32
 
 
-def _hann(shape: tuple[int, int]) -> np.ndarray:
-    if shape not in _HANN:
-        _HANN[shape] = cv2.createHanningWindow((shape[1], shape[0]), cv2.CV_32F)
-    return _HANN[shape]
+@functools.lru_cache(maxsize=_CACHED_SHAPES)
+def hann_window(shape: tuple[int, int]) -> np.ndarray:
+    """The 2-D Hann window of ``shape`` (rows, columns), float32, read-only.
+
+    Parameters
+    ----------
+    shape : (int, int)
+
+    Returns
+    -------
+    numpy.ndarray
+        ``cv2.createHanningWindow`` of that size; not writeable (it is cached).
+    """
+    window = cv2.createHanningWindow((shape[1], shape[0]), cv2.CV_32F)
+    window.flags.writeable = False
+    return window
+
+
+@functools.lru_cache(maxsize=_CACHED_SHAPES)
+def lowpass_weight(shape: tuple[int, int], prefilter: str, sigma: float) -> np.ndarray:
+    """Gaussian low-pass on the FFT grid of ``shape``, applied after whitening.
+
+    Blurring before phase normalisation would be undone by it, so the noise-dominated high
+    frequencies are damped here instead.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Shape of the spectrum.
+    prefilter : str
+        :attr:`PhaseCorrelation.prefilter`; ``"none"`` weighs every frequency 1.
+    sigma : float
+        Of the Gaussian, in working pixels; <= 0 weighs every frequency 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, not writeable (it is cached).
+    """
+    if prefilter == "none" or sigma <= 0:
+        weight = np.ones(shape, np.float32)
+    else:
+        fy, fx = np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :]
+        weight = np.exp(-2 * np.pi ** 2 * sigma ** 2 * (fx ** 2 + fy ** 2)).astype(np.float32)
+    weight.flags.writeable = False
+    return weight

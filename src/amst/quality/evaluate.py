@@ -12,7 +12,7 @@ from scipy.ndimage import uniform_filter1d
 
 from ..stack import open_stack
 from ..transform import compose, decompose, invert
-from ..transforms_io import Transforms, jsonable, load_transforms
+from ..transforms_io import STATUSES, Transforms, jsonable, load_transforms
 from .flags import FlagRule, ResidualFlag, residual_flags
 from .ground_truth import depth_errors, slice_errors
 from .residual import Crop, SliceSweep, summarise_residual, sweep
@@ -128,7 +128,7 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
     flags = residual_flags(sw.shift_xy, FlagRule(), frozenset(z for z, st in enumerate(statuses) if st != "ok"))
     summary: dict[str, Any] = {
         "run": str(run), "slices": len(tf.slices),
-        "status_counts": {k: statuses.count(k) for k in ("ok", "fallback", "blank", "failed")},
+        "status_counts": {k: statuses.count(k) for k in STATUSES},
         "residual": summarise_residual(sw.residual_px, pixel_nm),
         "jitter_residual": summarise_residual(sw.jitter_residual_px, pixel_nm),
         "crops": [vars(c) for c in sw.crops],

@@ -1,9 +1,11 @@
 """AMST step 3: register each raw slice to its template slice with an affine.
 
-Back-ends share one signature: ``(raw, template, template_mask, initial, params) ->
-RegistrationResult`` with the full output -> raw affine. :func:`check_result` applies the
-per-slice sanity checks that turn a bad registration into a ``fallback``. A back-end raises
-:class:`RegistrationError` for a failure real data may cause; anything else is a bug.
+Back-ends implement the :class:`Backend` protocol (:func:`backend_for` builds one by name):
+``register(raw, template, template_mask, initial, level=...) -> RegistrationResult`` with
+the full output -> raw affine, and the pyramid level the template is read at.
+:func:`check_result` applies the per-slice sanity checks that turn a bad registration into
+a ``fallback``. A back-end raises :class:`RegistrationError` for a failure real data may
+cause; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -15,9 +17,46 @@ import numpy as np
 
 from ..imageops import ncc
 from ..transform import apply_to_points, compose, decompose, invert
-from .base import RegistrationError, RegistrationResult
+from .base import Backend, RegistrationError, RegistrationResult
 
 BACKENDS = ("elastix", "fast")
+
+
+def backend_for(name: str, params: dict[str, Any] | None = None) -> Backend:
+    """The back-end called ``name`` with the user's parameter overrides.
+
+    Its module is imported here, not before: elastix loads ITK.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BACKENDS` (the config's ``register.backend``).
+    params : dict, optional
+        The config's ``register.fast`` or ``register.elastix`` overrides; None for none.
+
+    Returns
+    -------
+    Backend
+        :class:`amst.register.fast.FastBackend` or :class:`amst.register.elastix.ElastixBackend`.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not one of :data:`BACKENDS`.
+    """
+    if name == "elastix":
+        from .elastix import ElastixBackend
+
+        return ElastixBackend(dict(params or {}))
+    if name == "fast":
+        from .fast import FastBackend
+
+        return FastBackend(dict(params or {}))
+    raise ValueError(_unknown_backend(name))
+
+
+def _unknown_backend(name: str) -> str:
+    return f"register.backend: {name!r} is not one of {', '.join(BACKENDS)}"
 
 
 def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None,
@@ -48,7 +87,7 @@ def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask:
         from .fast import register_fast
 
         return register_fast(raw, template, template_mask, initial, params, template_level, raw_level)
-    raise ValueError(f"register.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    raise ValueError(_unknown_backend(backend))
 
 
 def template_level(backend: str, params: dict[str, Any] | None, canvas_shape_yx: tuple[int, int]) -> int:
@@ -110,5 +149,5 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["register", "template_level", "check_result", "distortion_px", "sampled_ncc", "RegistrationError",
-           "RegistrationResult", "BACKENDS"]
+__all__ = ["Backend", "backend_for", "register", "template_level", "check_result", "distortion_px", "sampled_ncc",
+           "RegistrationError", "RegistrationResult", "BACKENDS"]

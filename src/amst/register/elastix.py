@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +147,11 @@ def _as_number(v: Any, kind: type) -> float | int | None:
     return v
 
 
-_ITK = None
-
-
 def _itk():
-    global _ITK
-    if _ITK is None:
-        import itk  # noqa: PLC0415 - deliberately lazy, see the module docstring
+    """The ``itk`` module, imported on the first call (``sys.modules`` keeps it after)."""
+    import itk  # noqa: PLC0415 - deliberately lazy, see the module docstring
 
-        _ITK = itk
-    return _ITK
+    return itk
 
 
 def _parameter_object(params: dict[str, Any]):
@@ -325,3 +321,78 @@ def probe_parameters(parameters: dict[str, Any]) -> None:
     except RegistrationError as exc:
         raise ValueError(f"register.elastix: elastix cannot register a clean test pair with these parameters "
                          f"({exc}); check the values in register.elastix") from exc
+
+
+@dataclass(frozen=True)
+class ElastixBackend:
+    """The elastix back-end behind the :class:`amst.register.base.Backend` protocol.
+
+    Elastix builds its own pyramid from full-resolution images, as in the paper: the only
+    level is 0. Each method delegates to this module's functions (:func:`register_elastix`,
+    :func:`probe_parameters`) with ``params``.
+
+    Parameters
+    ----------
+    params : dict
+        Overrides of :data:`PAPER_PARAMETERS`, as in the config's ``register.elastix``.
+    """
+
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str = field(default="elastix", init=False)
+
+    def template_level(self, canvas_shape_yx: tuple[int, int]) -> int:
+        """0: elastix reads the full-resolution template."""
+        return 0
+
+    def level_image(self, image: np.ndarray, level: int) -> np.ndarray:
+        """``image`` itself (level 0 only).
+
+        Raises
+        ------
+        ValueError
+            For a level other than 0.
+        """
+        _full_resolution(level)
+        return image
+
+    def level_shape(self, shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
+        """``shape_yx`` (level 0 only).
+
+        Raises
+        ------
+        ValueError
+            For a level other than 0.
+        """
+        _full_resolution(level)
+        h, w = shape_yx
+        return int(h), int(w)
+
+    def register(self, raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None,
+                 initial: np.ndarray, *, level: int) -> RegistrationResult:
+        """:func:`register_elastix` (one thread) on full-resolution images.
+
+        Raises
+        ------
+        RegistrationError
+            When elastix stops with an error or the images have no pixel with data.
+        ValueError
+            For a level other than 0, or a parameter naming a component elastix lacks.
+        """
+        _full_resolution(level)
+        return register_elastix(raw, template, template_mask, initial, self.params)
+
+    def probe(self) -> None:
+        """:func:`probe_parameters` when ``params`` overrides the paper's parameters (loads ITK).
+
+        Raises
+        ------
+        ValueError
+            Naming ``register.elastix`` and what elastix said.
+        """
+        if self.params:
+            probe_parameters(self.params)
+
+
+def _full_resolution(level: int) -> None:
+    if level:
+        raise ValueError("the elastix back-end needs full-resolution images")

@@ -8,7 +8,9 @@ set of well-textured template pixels (the strongest-gradient pixel of each 2x2 c
 offset (so brightness/contrast changes between raw and template do not matter), and solves
 a 6x6 system, with Huber weights on the residuals so that places where the median template
 does not look like the slice (structures that changed with depth) pull less. It is
-deterministic: no random sampling.
+deterministic: no random sampling. One level's iterations are :func:`amst.gauss_newton.align_level`
+(shared with template matching's affine read-out); this module adds the pyramid, the
+smoothing, the masks and the parameters.
 
 Written in numpy/OpenCV (``cv2.remap`` for sampling, ``cv2.pyrDown`` for the pyramid):
 each iteration touches a quarter of the pixels, so no compiled kernel is needed. Slices
@@ -20,12 +22,13 @@ measured on 2048^2 synthetic pairs (benchmarks/registration.py) this is 4x faste
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
 import numpy as np
 
+from ..gauss_newton import align_level
 from ..transform import as_affine, at_level
 from .base import RegistrationError, RegistrationResult
 
@@ -59,139 +62,6 @@ def _mask_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
         out.append(cv2.pyrDown(out[-1]))
     # A coarse pixel is usable only if (almost) all of its footprint was.
     return [m > 0.999 for m in out]
-
-
-def _samples(template: np.ndarray, mask: np.ndarray, p: FastParams) -> tuple[np.ndarray, ...]:
-    """Well-textured template pixels: the strongest gradient per cell, then the top fraction."""
-    gx = cv2.Scharr(template, cv2.CV_32F, 1, 0, scale=1 / 32)
-    gy = cv2.Scharr(template, cv2.CV_32F, 0, 1, scale=1 / 32)
-    mag = cv2.magnitude(gx, gy)
-    mag[~mask] = -1.0
-    mag[:1], mag[-1:], mag[:, :1], mag[:, -1:] = -1.0, -1.0, -1.0, -1.0
-    h, w = mag.shape
-    c = p.cell if min(h, w) >= p.cell else 1
-    hc, wc = h // c, w // c
-    # The strongest pixel of each c x c cell: a running maximum over the c*c strided
-    # views of the image (no per-cell reshaping copies).
-    best = mag[0:hc * c:c, 0:wc * c:c].copy()
-    arg = np.zeros((hc, wc), np.int32)
-    for k in range(1, c * c):
-        dy, dx = divmod(k, c)
-        view = mag[dy:hc * c:c, dx:wc * c:c]
-        arg = np.where(view > best, np.int32(k), arg)
-        np.maximum(best, view, out=best)
-    by, bx = np.divmod(arg, c)
-    ys = (np.arange(hc, dtype=np.int32)[:, None] * c + by).ravel()
-    xs = (np.arange(wc, dtype=np.int32)[None, :] * c + bx).ravel()
-    strength = best.ravel()
-    ok = np.flatnonzero(strength > 0)
-    ys, xs, strength = ys[ok], xs[ok], strength[ok]
-    keep = max(p.min_samples, int(strength.size * p.keep_fraction))
-    if strength.size > keep:
-        top = np.sort(np.argpartition(-strength, keep - 1)[:keep])
-        ys, xs = ys[top], xs[top]
-    return xs.astype(np.float32), ys.astype(np.float32), gx[ys, xs], gy[ys, xs], template[ys, xs]
-
-
-def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray, width: int = 1024) -> np.ndarray:
-    """Bilinear samples of ``image`` at points (x, y) via ``cv2.remap``.
-
-    remap's maps must be < 32767 on a side, so the points are laid out as rows of ``width``.
-    """
-    n = x.size
-    rows = -(-n // width)
-    mx = np.zeros(rows * width, np.float32)
-    my = np.zeros(rows * width, np.float32)
-    mx[:n], my[:n] = x, y
-    out = cv2.remap(image, mx.reshape(rows, width), my.reshape(rows, width), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
-    return out.ravel()[:n].astype(np.float64)
-
-
-def _to3(m: np.ndarray) -> np.ndarray:
-    h = np.eye(3)
-    h[:2] = m
-    return h
-
-
-def _align_level(raw: np.ndarray, template: np.ndarray, mask: np.ndarray, warp: np.ndarray,
-                 p: FastParams) -> tuple[np.ndarray, int, float, str]:
-    """Inverse-compositional Gauss-Newton at one level; ``warp`` maps template px -> raw px.
-
-    Returns the warp, the iterations run, the correlation, and why the level stopped short
-    ('' if it did not): the caller decides whether that fails the registration.
-    """
-    xs, ys, gx, gy, tv = _samples(template, mask, p)
-    n = xs.size
-    if n < 12:
-        return warp, 0, float("nan"), f"only {n} usable template pixels (at least 12 needed)"
-    h, w = template.shape
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    s = max(w, h) / 2.0
-    u, v = (xs - cx) / s, (ys - cy) / s  # centred, scaled coordinates condition the system
-    # Steepest-descent images as rows (6, n): the products below then run as BLAS calls.
-    sd = np.stack([gx * u, gy * u, gx * v, gy * v, gx, gy]) * np.float32(s)
-    tv64 = tv.astype(np.float64)
-    centre = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
-    scale = np.diag([s, s, 1.0])
-    frame = centre @ scale              # normalised -> pixel
-    frame_inv = np.linalg.inv(frame)
-    raw_h, raw_w = raw.shape
-    w3 = _to3(warp)
-    iterations, corr, problem = 0, float("nan"), ""
-    # The samples' bounding box: if its corners land inside the raw slice, all samples do.
-    box = np.array([[xs.min(), ys.min(), 1], [xs.max(), ys.min(), 1], [xs.min(), ys.max(), 1],
-                    [xs.max(), ys.max(), 1]], float).T
-    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
-    for iterations in range(1, p.max_iterations + 1):
-        qb = (w3 @ box)[:2]
-        all_inside = qb.min() >= 0 and qb[0].max() <= raw_w - 1 and qb[1].max() <= raw_h - 1
-        qx = (w3[0, 0] * xs + w3[0, 1] * ys + np.float32(w3[0, 2])).astype(np.float32)
-        qy = (w3[1, 0] * xs + w3[1, 1] * ys + np.float32(w3[1, 2])).astype(np.float32)
-        iv = _sample(raw, qx, qy)
-        if all_inside:
-            t_in, sd_in = tv64, sd
-        else:
-            inside = (qx >= 0) & (qx <= raw_w - 1) & (qy >= 0) & (qy <= raw_h - 1)
-            if inside.sum() < 12:
-                problem = f"only {int(inside.sum())} samples fall inside the raw slice (no overlap)"
-                break
-            iv, t_in, sd_in = iv[inside], tv64[inside], sd[:, inside]
-        # Gain and offset of the raw slice relative to the template (least squares).
-        i_c, t_c = iv - iv.mean(), t_in - t_in.mean()
-        var_i = float(i_c @ i_c)
-        if not var_i > 0:
-            problem = "the raw slice is flat (or not finite) where the template has texture"
-            break
-        gain = float(i_c @ t_c) / var_i
-        corr = float(i_c @ t_c) / np.sqrt(var_i * float(t_c @ t_c) + 1e-30)
-        err = gain * i_c - t_c
-        if p.robust:
-            # Huber weights; the residual scale is estimated on every 8th sample.
-            abs_err = np.abs(err)
-            k = 1.345 * 1.4826 * float(np.median(abs_err[::8])) + 1e-12
-            wts = np.minimum(1.0, k / np.maximum(abs_err, 1e-12)).astype(np.float32)
-            sdw = sd_in * wts
-            hess = (sdw @ sd_in.T).astype(np.float64)
-            rhs = sdw.astype(np.float64) @ err
-        else:
-            hess = (sd_in @ sd_in.T).astype(np.float64)
-            rhs = sd_in.astype(np.float64) @ err
-        try:
-            dp = np.linalg.solve(hess, rhs)
-        except np.linalg.LinAlgError:
-            problem = "singular Gauss-Newton system (the samples do not constrain an affine)"
-            break
-        if not np.isfinite(dp).all():
-            problem = "non-finite Gauss-Newton update"
-            break
-        delta = np.array([[1 + dp[0], dp[2], dp[4]], [dp[1], 1 + dp[3], dp[5]], [0, 0, 1.0]])
-        delta_px = frame @ delta @ frame_inv
-        w3 = w3 @ np.linalg.inv(delta_px)
-        moved = np.abs(delta_px @ corners - corners)[:2].max()
-        if moved < p.tolerance_px:
-            break
-    return w3[:2], iterations, corr, problem
 
 
 # The allowed range of each numeric field: (test, what the message says).
@@ -355,8 +225,8 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     iterations = []
     corr = float("nan")
     for level in range(levels - 1, finest - 1, -1):
-        w_level, its, corr, problem = _align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level],
-                                                   at_level(warp, level), p)
+        w_level, its, corr, problem = align_level(raw_pyr[level], tmpl_pyr[level], mask_pyr[level],
+                                                  at_level(warp, level), p)
         if problem and level == finest:  # a coarse level that stops short leaves the finer ones to try
             raise RegistrationError(f"fast back-end, pyramid level {level}: {problem}")
         warp = at_level(w_level, -level)
@@ -364,3 +234,61 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     if not np.isfinite(warp).all():
         raise RegistrationError("fast back-end: the solution is not finite")
     return RegistrationResult(warp, {"backend": "fast", "iterations": iterations, "correlation": corr})
+
+
+@dataclass(frozen=True)
+class FastBackend:
+    """The fast back-end behind the :class:`amst.register.base.Backend` protocol.
+
+    Each method delegates to this module's functions (:func:`finest_level`,
+    :func:`level_image`, :func:`level_shape`, :func:`register_fast`) with ``params``, so the
+    numbers are theirs.
+
+    Parameters
+    ----------
+    params : dict
+        Overrides of :class:`FastParams` fields, as in the config's ``register.fast``.
+    """
+
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str = field(default="fast", init=False)
+
+    def template_level(self, canvas_shape_yx: tuple[int, int]) -> int:
+        """The finest pyramid level refined on for this canvas (:func:`finest_level`).
+
+        Raises
+        ------
+        ValueError
+            For parameters :func:`validate_params` refuses.
+        """
+        return finest_level(canvas_shape_yx, self.params)
+
+    def level_image(self, image: np.ndarray, level: int) -> np.ndarray:
+        """``image`` itself at level 0, else smoothed and reduced (:func:`level_image`).
+
+        Raises
+        ------
+        ValueError
+            For parameters :func:`validate_params` refuses.
+        """
+        return level_image(image, level, self.params) if level else image
+
+    def level_shape(self, shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
+        """Shape of pyramid ``level`` (:func:`level_shape`)."""
+        return level_shape(shape_yx, level)
+
+    def register(self, raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None,
+                 initial: np.ndarray, *, level: int) -> RegistrationResult:
+        """:func:`register_fast` with raw and template both at ``level``.
+
+        Raises
+        ------
+        RegistrationError
+            When the finest level finds no solution.
+        ValueError
+            For parameters :func:`validate_params` refuses.
+        """
+        return register_fast(raw, template, template_mask, initial, self.params, level, level)
+
+    def probe(self) -> None:
+        """Nothing to try: :func:`validate_params` is the whole check of the parameters."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import logging
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from ..outdir import atomic_write_bytes
 from .base import (Stack, StackError, VoxelSize, check_dtype, common_canvas, natural_sort_key, pad_to_canvas,
                    unit_to_nm)
 from .vendor_tiff import VendorTiffInfo, content_rows, vendor_info
@@ -191,7 +192,6 @@ class TiffFolderStack(Stack):
             groups = {str(d): [n for n, dd in zip(self.names, dtypes) if dd == d][:3] for d in set(dtypes)}
             raise StackError(f"{self.path}: slices have different dtypes {groups}; convert them to one dtype")
         self.dtype = check_dtype(dtypes[0], str(self.files[0]))
-        self.slice_shapes = shapes
         canvas, self.mismatched = common_canvas(self.path, self.names, shapes, allow_pad)
         self.allow_pad = allow_pad
         self.shape = (len(self.files), canvas[0], canvas[1])
@@ -330,18 +330,18 @@ class TiffFolderWriter:
         self.names = names or [f"slice_{z:0{width}d}.tif" for z in range(self.shape[0])]
 
     def write(self, z: int, image: np.ndarray) -> None:
-        """Write slice ``z`` atomically (temporary file, then rename)."""
+        """Write slice ``z`` atomically (encoded in memory, then :func:`amst.outdir.atomic_write_bytes`:
+        temporary file, rename)."""
         image = np.asarray(image)
         if image.shape != self.shape[1:] or image.dtype != self.dtype:
             raise ValueError(f"slice {z}: got {image.shape} {image.dtype}, expected {self.shape[1:]} {self.dtype}")
-        target = self.path / self.names[z]
-        tmp = target.with_name(f".{target.name}.partial")
         kwargs: dict[str, Any] = {"imagej": True, "metadata": {"unit": "nm", "axes": "YX"}}
         if self.voxel_size:
             kwargs["resolution"] = (1.0 / self.voxel_size.x, 1.0 / self.voxel_size.y)
             kwargs["metadata"]["spacing"] = self.voxel_size.z
-        tifffile.imwrite(tmp, image, **kwargs)
-        os.replace(tmp, target)
+        encoded = io.BytesIO()
+        tifffile.imwrite(encoded, image, **kwargs)
+        atomic_write_bytes(self.path / self.names[z], encoded.getvalue(), sync=False)
 
     def close(self) -> None:
         """Nothing to flush: each slice is complete once written."""

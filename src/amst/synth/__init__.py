@@ -9,8 +9,10 @@ position, so ``G_z`` is exact.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +135,7 @@ def _load_texture(path: str) -> np.ndarray:
 
 
 class _Renderer:
-    """Per-process renderer (the phantom is built once per worker)."""
+    """Renders the slices of one config (the phantom is built once, in the constructor)."""
 
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
@@ -167,17 +169,16 @@ def to_dtype(img: np.ndarray, dtype: str) -> np.ndarray:
     return saturate(out, dtype)
 
 
-_WORKER: _Renderer | None = None  # set only inside pool processes, by _init_worker; never read in the caller
+@functools.lru_cache(maxsize=1)
+def _pool_renderer(config: bytes) -> _Renderer:
+    """The renderer of the pickled :class:`SynthConfig` ``config``, built once per pool process
+    (the phantom is expensive) and reused for every slice that process renders."""
+    return _Renderer(pickle.loads(config))
 
 
-def _init_worker(cfg: SynthConfig) -> None:
-    global _WORKER
-    _WORKER = _Renderer(cfg)
-
-
-def _work(job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
-    assert _WORKER is not None
-    return _render(_WORKER, job)
+def _work(config: bytes, job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """One pool task: slice ``job`` of the pickled config ``config``."""
+    return _render(_pool_renderer(config), job)
 
 
 def _render(renderer: _Renderer, job: tuple[int, SliceAcquisition, bool]) -> tuple[int, np.ndarray, np.ndarray | None]:
@@ -192,17 +193,18 @@ def _render(renderer: _Renderer, job: tuple[int, SliceAcquisition, bool]) -> tup
 def _rendered(cfg: SynthConfig, jobs: list, workers: int) -> Iterator:
     """Render ``jobs`` in order, in this process or in a pool with at most ``2 * workers`` results in flight.
 
-    The pool's processes each build the phantom once (their initializer); this process
-    builds its own renderer and never looks at the pool's.
+    Each task carries the pickled config; a pool process builds the phantom from it once
+    (:func:`_pool_renderer`). This process builds its own renderer and caches nothing.
     """
     if workers <= 1:
         renderer = _Renderer(cfg)
         yield from (_render(renderer, job) for job in jobs)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+    config = pickle.dumps(cfg)
+    with ProcessPoolExecutor(workers) as pool:
         pending = []
         for job in jobs:
-            pending.append(pool.submit(_work, job))
+            pending.append(pool.submit(_work, config, job))
             if len(pending) >= 2 * workers:
                 yield pending.pop(0).result()
         for fut in pending:

@@ -7,52 +7,44 @@ files are there at those sizes.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .stack import create_writer
+from ..outdir import atomic_write_text
 
 log = logging.getLogger("amst")
+
+
+R = TypeVar("R")
 
 
 def journal_entry(journal: Path, z: int) -> Path:
     return journal / f"{z:07d}.json"
 
 
-def read_journal(journal: Path, n: int) -> dict[int, dict[str, Any]]:
+def write_entry(journal: Path, z: int, text: str) -> None:
+    """Record slice ``z`` as done (atomically: a crash leaves the old entry or none)."""
+    atomic_write_text(journal_entry(journal, z), text)
+
+
+def read_journal(journal: Path, n: int, record: type[R]) -> dict[int, R]:
+    """The slices ``0..n-1`` the journal lists as done, as ``record.from_json`` of each entry."""
     done = {}
     for z in range(n):
         p = journal_entry(journal, z)
         if p.exists():
             try:
-                done[z] = json.loads(p.read_text())
-            except json.JSONDecodeError:  # a torn entry is not a finished slice
+                done[z] = record.from_json(p.read_text())
+            except (ValueError, KeyError, TypeError):  # a torn or foreign entry is not a finished slice
                 p.unlink()
     return done
 
 
-def open_output_stack(spec: dict[str, Any], resuming: bool) -> tuple[Any, bool]:
-    """The run's output stack, and whether it was created now (nothing of it is on disk yet):
-    reopened when resuming, created (again) when missing or unreadable.
-
-    The folder is the run's own (checked before), so a store damaged beyond reopening is
-    created anew; the journal check then recomputes every slice it no longer holds.
-    """
-    if resuming and Path(spec["path"]).exists():
-        try:
-            return create_writer(**spec, mode="a"), False
-        except (KeyError, ValueError, OSError, TypeError) as exc:
-            log.warning("%s cannot be reopened (%s: %s); creating it anew", spec["path"], type(exc).__name__, exc)
-    return create_writer(**spec, mode="w"), True
-
-
-def drop_missing_output(done: dict[int, dict[str, Any]], writer: Any, journal: Path,
-                         everything: bool = False) -> dict[int, dict[str, Any]]:
+def drop_missing_output(done: dict[int, Any], writer: Any, journal: Path, everything: bool = False) -> dict[int, Any]:
     """Journal entries whose slice is no longer on disk, whole, are not done: they are recomputed
     (all of them when ``everything``: the output stack was just created anew)."""
-    missing = [z for z in sorted(done) if everything or not slice_on_disk(writer, z, done[z].get("output_bytes"))]
+    missing = [z for z in sorted(done) if everything or not slice_on_disk(writer, z, done[z].output_bytes)]
     if missing:
         log.warning("%d slice(s) listed as done are missing or damaged in %s (e.g. %s); recomputing them",
                     len(missing), writer.path, ", ".join(str(z) for z in missing[:10]))
