@@ -11,12 +11,15 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from .choices import allows_none, check_choices, coerce_choice, literal_values
 from .prealign import PrealignConfig
+from .register import BackendName
 from .register.elastix import validate_parameters as validate_elastix_parameters
+from .register.fast import FastParams
 from .register.fast import validate_params as validate_fast_params
 
 if typing.TYPE_CHECKING:
@@ -48,19 +51,22 @@ class TemplateConfig:
     # of `amst synth --shape 300 384 384 --seed 0`, against 0.3-0.5 px with the corrected
     # placement). "prealigned" with 1 px is best (benchmarks/accuracy.py --variants): pass-1
     # results of an event's neighbours carry the event's pull on their templates.
-    second_pass_from: str = "prealigned"
+    second_pass_from: Literal["corrected", "prealigned"] = "prealigned"
     outlier_distortion_px: float = 1.0
     balanced: bool = False   # a slice left out of a window also takes out its mirror partner
-    ends: str = "extend"     # mirror | shrink | extend: the window at the stack ends (see amst.template)
+    ends: Literal["mirror", "shrink", "extend"] = "extend"  # the window at the stack ends (see amst.template)
 
 
 @dataclass
 class RegisterConfig:
     # fast: numpy/OpenCV Gauss-Newton affine (seconds per stack); elastix: the paper's engine
     # and parameters (mutual information, gradient descent).
-    backend: str = "fast"
+    backend: BackendName = "fast"
+    # Overrides of elastix's parameter map, under elastix's own names ("MaximumNumberOfIterations"):
+    # a mapping, not a dataclass, checked by amst.register.elastix.validate_parameters.
     elastix: dict[str, Any] = field(default_factory=dict)
-    fast: dict[str, Any] = field(default_factory=dict)
+    # The fast back-end's tuning; YAML `fast: {max_iterations: 20}` sets fields like any section.
+    fast: FastParams = field(default_factory=FastParams)
     max_scale_change: float = 0.05
     max_shear: float = 0.05
     max_shift_px: float = 25.0
@@ -73,12 +79,15 @@ class RegisterConfig:
     # (amst.combine): "significance" applies a correction only where it exceeds the run's own
     # measured noise by `significance` (and weighs the two translations by their noise);
     # "registration" takes the registration as it is (the paper's AMST).
-    combine: str = "significance"
+    combine: Literal["significance", "registration"] = "significance"
     significance: float = 6.0
 
     def validate(self) -> None:
         """Refuse back-end parameters the back-ends do not read and values that make no sense."""
-        validate_fast_params(self.fast, "register.fast")
+        if isinstance(self.fast, dict):  # a RegisterConfig built in Python with the former mapping
+            validate_fast_params(self.fast, "register.fast")
+            self.fast = FastParams(**self.fast)
+        validate_fast_params(dataclasses.asdict(self.fast), "register.fast")  # ranges; types too, if built in Python
         validate_elastix_parameters(self.elastix, "register.elastix")
         if self.passes not in (1, 2):
             raise ValueError(f"register.passes: {self.passes} must be 1 or 2")
@@ -87,42 +96,43 @@ class RegisterConfig:
         _in_range("register.min_ncc", self.min_ncc, -1.0, 1.0)
         _in_range("register.min_ncc_gain", self.min_ncc_gain, -2.0, 2.0)
         _in_range("register.max_fallback_fraction", self.max_fallback_fraction, 0.0, 1.0)
-        _choice("register.combine", self.combine, ("significance", "registration"))
         _in_range("register.significance", self.significance, 0.0, math.inf, low_open=True)
 
 
 @dataclass
 class WarpConfig:
-    order: str = "cubic"
+    order: Literal["cubic", "linear", "nearest"] = "cubic"
 
 
 @dataclass
 class OutputConfig:
-    out_format: str = "zarr"   # zarr | tiff (one file per slice) | tiff-stack (one ImageJ TIFF) | mrc
+    # tiff: one file per slice; tiff-stack: one ImageJ TIFF
+    out_format: Literal["zarr", "tiff", "tiff-stack", "mrc"] = "zarr"
     pyramid_levels: int = 1
-    # OME-Zarr only: 0.4 (what most viewers read) or 0.5 (Zarr v3); YAML reads 0.5 as a number.
-    ngff_version: str | float = "0.4"
+    # OME-Zarr only: 0.4 (what most viewers read) or 0.5 (Zarr v3). YAML reads 0.5 as a number:
+    # a text choice takes it back as "0.5" (amst.choices.coerce_choice).
+    ngff_version: Literal["0.4", "0.5"] = "0.4"
 
 
 @dataclass
 class ZSpacingConfig:
     # off; estimate: each slice's depth from the images (amst.zspacing) into transforms.json;
     # resample: also write the output on an even z grid at the nominal step (aligned_z).
-    mode: str = "off"
+    mode: Literal["off", "estimate", "resample"] = "off"
     max_gap: int = 2
     tile: int = 16
     region: int = 1024
-    calibration: str = "nominal"  # nominal | in-plane: the mean thickness from the voxel size's z, or from isotropy
+    # The mean thickness from the voxel size's z (nominal), or from isotropy (in-plane).
+    calibration: Literal["nominal", "in-plane"] = "nominal"
 
     def validate(self) -> None:
-        _choice("z_spacing.mode", self.mode, ("off", "estimate", "resample"))
         self.params()
 
     def params(self) -> "ZSpacingParams":
         from .zspacing import ZSpacingParams
 
         return ZSpacingParams(max_gap=self.max_gap, tile=self.tile, region=self.region,
-                              calibration=self.calibration)  # type: ignore[arg-type]  # checked there
+                              calibration=self.calibration)
 
 
 @dataclass
@@ -130,7 +140,7 @@ class ExecutionConfig:
     workers: int | None = None
     block_size: int | None = None
     scheduler: str | None = None
-    cluster: str | None = None
+    cluster: Literal["slurm"] | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,20 +157,23 @@ class RunConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def validate(self) -> "RunConfig":
-        self.prealign.validate()
-        _choice("register.backend", self.register.backend, ("elastix", "fast"))
-        _choice("warp.order", self.warp.order, ("cubic", "linear", "nearest"))
-        _choice("output.out_format", self.output.out_format, ("zarr", "tiff", "tiff-stack", "mrc"))
-        if isinstance(self.output.ngff_version, float):
-            self.output.ngff_version = f"{self.output.ngff_version:g}"
-        _choice("output.ngff_version", self.output.ngff_version, ("0.4", "0.5"))
+        """Check every option that does not depend on the stack; return ``self``.
+
+        Every choice among strings is checked against its ``Literal`` type hint
+        (:func:`amst.choices.check_choices`), as :func:`build_config` checks it while parsing.
+
+        Raises
+        ------
+        ValueError
+            Naming the key and what is allowed.
+        """
+        self.prealign.validate()  # first: its messages name the CLI flags too
+        check_choices(self, recurse=True)
         if self.output.ngff_version != "0.4" and self.output.out_format != "zarr":
             raise ValueError(f"output.ngff_version: {self.output.ngff_version} needs output.out_format zarr; a "
                              f"{self.output.out_format} output is not OME-Zarr (leave ngff_version out)")
         if self.input.channel is not None and self.input.channel < 0:
             raise ValueError(f"input.channel: {self.input.channel} must be >= 0 (0 is the first channel)")
-        _choice("template.second_pass_from", self.template.second_pass_from, ("corrected", "prealigned"))
-        _choice("template.ends", self.template.ends, ("mirror", "shrink", "extend"))
         if math.isnan(self.template.outlier_distortion_px):
             raise ValueError("template.outlier_distortion_px: nan must be a number (0 or less: leave no slice out)")
         if self.template.median_radius < 1:
@@ -173,8 +186,6 @@ class RunConfig:
         if self.output.pyramid_levels > 1 and self.output.out_format != "zarr":
             raise ValueError(f"output.pyramid_levels: {self.output.pyramid_levels} needs output.out_format zarr; "
                              f"a {self.output.out_format} output has no pyramid (leave pyramid_levels at 1)")
-        if self.execution.cluster not in (None, "slurm"):
-            raise ValueError(f"execution.cluster: {self.execution.cluster!r} is not allowed; use slurm (or leave it out)")
         if self.execution.workers is not None and self.execution.workers < 1:
             raise ValueError(f"execution.workers: {self.execution.workers} must be >= 1")
         if self.execution.block_size is not None and self.execution.block_size < 1:
@@ -257,11 +268,6 @@ def _in_range(key: str, value: float, low: float, high: float, low_open: bool = 
     raise ValueError(f"{key}: {value!r} must be {bounds}" + (f" and <= {high:g}" if high < math.inf else ""))
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")
-
-
 def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -272,6 +278,9 @@ def _plain(obj: Any) -> Any:
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the type hint of ``key``; return it converted."""
+    allowed = literal_values(hint)
+    if allowed is not None:  # a choice among strings (None too for `Literal[...] | None`)
+        return coerce_choice(key, value, allowed, optional=allows_none(hint))
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):

@@ -6,6 +6,7 @@ the main process, workers that die with it) live here, next to the pools that ne
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -48,8 +49,12 @@ def in_process_limits() -> Iterator[None]:
             cv2.setNumThreads(threads)
 
 
-def make_executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None]]:
-    """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster."""
+def make_executor(cfg: RunConfig, workers: int, preload: str = "amst") -> tuple[Any, Callable[..., None]]:
+    """A process pool on this machine, an existing Dask scheduler, or a SLURM cluster.
+
+    A local pool's workers start at once and import the module ``preload`` (what the first
+    task needs), so that their start overlaps with what the caller does next.
+    """
     if cfg.execution.scheduler:
         from distributed import Client
 
@@ -81,6 +86,9 @@ def make_executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None
         return None, lambda abort=False: None
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                initargs=(os.getpid(),))
+    with sigint_ignored():  # the workers start now and import while the run sets up and pre-aligns
+        for _ in range(workers):
+            pool.submit(_preload, preload)
 
     def close(abort: bool = False) -> None:
         if abort:
@@ -97,8 +105,13 @@ def make_executor(cfg: RunConfig, workers: int) -> tuple[Any, Callable[..., None
     return pool, close
 
 
+def _preload(module: str) -> None:
+    importlib.import_module(module)
+
+
 def _worker_init(parent_pid: int) -> None:
-    """Start of each local worker process: die with the parent, leave Ctrl-C to the parent.
+    """Start of each local worker process: die with the parent, leave Ctrl-C to the parent,
+    one library thread (:func:`single_threaded_libraries`).
 
     A SIGKILLed ``amst run`` cannot shut its pool down; without this its workers stayed
     alive. On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG);
@@ -118,6 +131,7 @@ def _worker_init(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+    single_threaded_libraries()
 
     def watch() -> None:
         while True:

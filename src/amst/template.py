@@ -350,7 +350,7 @@ class TemplateWindow:
 
 
 def sliding_templates(slices: Iterable[np.ndarray], start: int, n: int, radius: int,
-                      first: int, last: int, leave_out: bool = False, balanced: bool = False,
+                      first: int, last: int, *, leave_out: bool = False, balanced: bool = False,
                       ends: str = "mirror") -> Iterator[tuple[int, np.ndarray]]:
     """Templates for slices ``first..last-1`` from pre-aligned slices streamed in z order
     (:class:`TemplateWindow` over an iterable).

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from ..executors import in_process_limits, sigint_ignored
+from ..executors import in_process_limits, sigint_ignored, single_threaded_libraries
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -33,7 +33,12 @@ def map_blocks(executor: Any, fn: Callable[[J, int, int], list[R]], job: J,
                ranges: list[tuple[int, int]]) -> Iterator[list[R]]:
     """``fn(job, first, last)`` for every ``(first, last)`` of ``ranges`` on the executor (None:
     this process; a ``concurrent.futures`` pool; a ``dask.distributed`` Client); results as
-    they complete."""
+    they complete.
+
+    BLAS and OpenCV run one thread per worker everywhere: parallelism is across slices, and
+    sums then come out in the same order whatever the executor, so a Dask run gives
+    bit-identical results to a local one.
+    """
     if executor is None:
         with in_process_limits():
             for a, b in ranges:
@@ -43,7 +48,7 @@ def map_blocks(executor: Any, fn: Callable[[J, int, int], list[R]], job: J,
         from distributed import as_completed as dask_completed
 
         job_future = executor.scatter(job, broadcast=True)
-        futures = [executor.submit(fn, job_future, a, b, pure=False) for a, b in ranges]
+        futures = [executor.submit(_one_thread, fn, job_future, a, b, pure=False) for a, b in ranges]
         for fut in dask_completed(futures):
             yield fut.result()
         return
@@ -51,3 +56,10 @@ def map_blocks(executor: Any, fn: Callable[[J, int, int], list[R]], job: J,
         futures = [executor.submit(fn, job, a, b) for a, b in ranges]
     for fut in as_completed(futures):
         yield fut.result()
+
+
+def _one_thread(fn: Callable[[J, int, int], list[R]], job: J, first: int, last: int) -> list[R]:
+    """``fn`` on a Dask worker with one library thread (a local pool's workers are set so when
+    they start, :func:`amst.executors.make_executor`)."""
+    single_threaded_libraries()
+    return fn(job, first, last)

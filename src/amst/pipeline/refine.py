@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ..config import RunConfig
-from ..executors import single_threaded_libraries
 from ..register import Backend, RegistrationError, check_result, sampled_ncc
 from ..stack import Stack
 from ..transform import at_level, compose, invert
@@ -156,7 +155,6 @@ def _measure_linear(job: RefineJob, z: int, members: tuple[int, ...]
 def refine_block(job: RefineJob, first: int, last: int) -> list[Refinement]:
     """Re-measure the linear part of slices ``first..last-1`` against their nearest
     undistorted neighbours (see :func:`refine_corrections`)."""
-    single_threaded_libraries()
     cfg = job.cfg
     level = job.template_level
     c = np.asarray(job.reference_xy)
@@ -185,8 +183,9 @@ def refine_block(job: RefineJob, first: int, last: int) -> list[Refinement]:
             ncc_start = sampled_ncc(image, filled, mask, at_level(start, level))
             ncc_refined = sampled_ncc(image, filled, mask, at_level(refined, level))
             r = cfg.register
-            problem = check_result(refined, job.prealign_affines[z], job.canvas, r.max_scale_change, r.max_shear,
-                                   r.max_shift_px, ncc_start, ncc_refined, r.min_ncc_gain, r.min_ncc)
+            problem = check_result(refined, job.prealign_affines[z], job.canvas, ncc_before=ncc_start,
+                                   ncc_after=ncc_refined, max_scale_change=r.max_scale_change, max_shear=r.max_shear,
+                                   max_shift_px=r.max_shift_px, min_ncc_gain=r.min_ncc_gain, min_ncc=r.min_ncc)
             if problem:
                 entry.reason = f"refinement not kept: {problem}"
             else:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
-from ..executors import single_threaded_libraries
 from ..fallbacks import RunError
 from ..imageops import finite_float32, is_blank, nonfinite_count
 from ..register import Backend, RegistrationError, check_result, sampled_ncc
@@ -72,12 +71,9 @@ def register_block(job: RegisterJob, first: int, last: int) -> list[SliceResult]
     """Register slices ``first..last-1`` to their templates; one result per slice (each also
     journalled).
 
-    BLAS and OpenCV run one thread per worker: parallelism is across slices, and the sums
-    then come out in the same order whatever the executor, so a Dask run gives bit-identical
-    results to a local one. Reading the window's neighbours is charged to the block's slices
-    in equal parts.
+    Run on one library thread (:func:`amst.pipeline.blocks.map_blocks`). Reading the
+    window's neighbours is charged to the block's slices in equal parts.
     """
-    single_threaded_libraries()
     cfg, plan = job.cfg, job.plan
     window = TemplateWindow(len(job.stack), cfg.template.median_radius, first, last,
                             leave_out=cfg.template.leave_one_out, balanced=cfg.template.balanced, ends=plan.ends)
@@ -168,9 +164,10 @@ def _register_slice(job: RegisterJob, z: int, raw: np.ndarray, image: np.ndarray
     if status == "ok":
         ncc_after = sampled_ncc(image, filled, mask, at_level(affine, level))
         metrics["ncc_final"] = ncc_after
-        reason = check_result(affine, prealigned, job.canvas, cfg.register.max_scale_change, cfg.register.max_shear,
-                              cfg.register.max_shift_px, ncc_before, ncc_after, cfg.register.min_ncc_gain,
-                              cfg.register.min_ncc)
+        reason = check_result(affine, prealigned, job.canvas, ncc_before=ncc_before, ncc_after=ncc_after,
+                              max_scale_change=cfg.register.max_scale_change, max_shear=cfg.register.max_shear,
+                              max_shift_px=cfg.register.max_shift_px, min_ncc_gain=cfg.register.min_ncc_gain,
+                              min_ncc=cfg.register.min_ncc)
         if reason:
             status, affine = "fallback", prealigned
     if reason:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..executors import single_threaded_libraries
 from ..stack import Stack
 from ..warp import warp_slice
 from .journal import slice_file_sizes, write_entry
@@ -34,7 +33,6 @@ def resample_block(job: ResampleJob, first: int, last: int) -> list[ResampledSli
     Each slice's data is written before its journal entry, so an interrupted run never marks
     a slice done that is not on disk.
     """
-    single_threaded_libraries()
     writer = job.output.open("a")
     out = []
     for z in range(first, last):

@@ -128,7 +128,7 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
     # Everything that can be refused is checked, and the scheduler reached, before OUT is touched.
     workers = default_workers(cfg.execution.workers)
     backend = backend_for(cfg.register.backend, getattr(cfg.register, cfg.register.backend))
-    executor, close = make_executor(cfg, workers)
+    executor, close = make_executor(cfg, workers, preload="amst.pipeline.register_pass")
     interrupted = False
     try:
         _probe_backend(executor, backend)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from ..canvas import canvas_for_translations
+from ..choices import check_choices
 from ..parallel import default_workers
 from ..stack import Stack, VoxelSize
 from ..transform import translation
@@ -28,7 +30,8 @@ from .xcorr import PhaseCorrelation
 
 log = logging.getLogger(__name__)
 
-METHODS = ("tm", "features", "xcorr", "none")
+Method = Literal["tm", "features", "xcorr", "none"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 DEFAULT_GAPS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 # Lowest stability (NCC of the auto ROI 10 slices away, after a 2 px blur) that counts as
@@ -69,23 +72,24 @@ class PrealignConfig:
     the pre-alignment uses ``features`` instead and says so (0 always trusts the region).
     """
 
-    method: str = "tm"
+    method: Method = "tm"
     roi: tuple[float, float, float, float] | str | None = "auto"
-    roi_units: str | None = None
+    roi_units: Literal["px", "nm"] | None = None
     roi_slice: int | None = None
     search_margin: int = 64
     min_score: float = 0.5
     tm_sigma: float = 1.5
-    peak_fit: str = "gaussian"
-    tm_refine: str = "affine"  # affine: read each TM position at the ROI centre of an affine fit (auto-focus)
+    peak_fit: Literal["gaussian", "parabola"] = "gaussian"
+    # affine: read each TM position at the ROI centre of an affine fit (auto-focus)
+    tm_refine: Literal["none", "affine"] = "affine"
     gaps: tuple[int, ...] = DEFAULT_GAPS
-    xcorr_prefilter: str = "gaussian"
+    xcorr_prefilter: Literal["gaussian", "edges", "none"] = "gaussian"
     xcorr_whitening: float = 0.5  # 1: phase correlation; 0.5: half-whitened (less noise-driven)
     xcorr_max_side: int = 1024
     feature_max_side: int = 768
     max_features: int = 1500
     min_inliers: int = 12
-    canvas: str = "union"
+    canvas: Literal["union", "input"] = "union"
     auto_roi_min_stability: float = AUTO_ROI_MIN_STABILITY
 
     def validate(self) -> None:
@@ -96,12 +100,8 @@ class PrealignConfig:
         ValueError
             Naming the option (config key and flag) and what is allowed.
         """
-        _choice("method", self.method, METHODS)
+        check_choices(self, message=_choice_message)  # from the Literal type hints
         self._validate_roi()
-        _choice("tm_refine", self.tm_refine, ("none", "affine"))
-        _choice("canvas", self.canvas, ("union", "input"))
-        _choice("peak_fit", self.peak_fit, ("gaussian", "parabola"))
-        _choice("xcorr_prefilter", self.xcorr_prefilter, ("gaussian", "edges", "none"))
         if not _is_number(self.min_score) or not -1.0 < self.min_score <= 1.0:
             raise ValueError(f"{_opt('min_score')}: {self.min_score!r} must be in (-1, 1] (an NCC peak; "
                              "the default is 0.5)")
@@ -124,8 +124,6 @@ class PrealignConfig:
                              f"(always trust the auto ROI) and 1; the default is {AUTO_ROI_MIN_STABILITY}")
 
     def _validate_roi(self) -> None:
-        if self.roi_units is not None and self.roi_units not in ("px", "nm"):
-            raise ValueError(f"{_opt('roi_units')}: {self.roi_units!r} must be 'px' or 'nm'")
         if self.roi is None or (isinstance(self.roi, str) and self.roi == "auto"):
             pass
         elif isinstance(self.roi, str) or not isinstance(self.roi, (list, tuple)) or len(self.roi) != 4 \
@@ -148,9 +146,13 @@ class PrealignConfig:
         return self.roi is None or (isinstance(self.roi, str) and self.roi == "auto")
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{_opt(key)}: {value!r} is not one of {', '.join(allowed)}")
+def _choice_message(key: str, value: Any, allowed: tuple[str, ...], optional: bool) -> str:
+    """The message of :func:`amst.choices.check_choices` for a choice that is not allowed,
+    naming the config key and its flag: ``"roi_units (--roi-units): 'mm' must be 'px' or 'nm'"``,
+    ``"method (--prealign): 'sift' is not one of tm, features, xcorr, none"``."""
+    if len(allowed) == 2:
+        return f"{_opt(key)}: {value!r} must be {allowed[0]!r} or {allowed[1]!r}"
+    return f"{_opt(key)}: {value!r} is not one of {', '.join(allowed)}"
 
 
 def _is_number(value: Any) -> bool:
@@ -369,8 +371,9 @@ def _content_fallback(stack: Stack, cfg: PrealignConfig, workers: int, progress,
 def _track(stack: Stack, cfg: PrealignConfig, roi: tuple[float, ...], roi_slice: int, workers: int,
            progress) -> PrealignResult:
     n = len(stack)
-    tracked = track_template(stack, roi, roi_slice, cfg.search_margin, cfg.min_score, cfg.peak_fit,
-                             workers, progress, cfg.tm_sigma, cfg.tm_refine == "affine")
+    tracked = track_template(stack, roi, roi_slice, search_margin=cfg.search_margin, min_score=cfg.min_score,
+                             peak_fit=cfg.peak_fit, workers=workers, progress=progress, sigma=cfg.tm_sigma,
+                             refine=cfg.tm_refine == "affine")
     ok = ~np.isnan(tracked.positions[:, 0])
     translations = tracked.positions - tracked.positions[roi_slice]
     translations = _interpolate(translations, ok)

@@ -112,7 +112,7 @@ def affine_refined_position(image: np.ndarray, template: np.ndarray, x: float, y
     return float(shift[0]), float(shift[1])
 
 
-def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice: int, search_margin: int = 64,
+def track_template(stack: Stack, roi_xywh: tuple[int, int, int, int], roi_slice: int, *, search_margin: int = 64,
                    min_score: float = 0.5, peak_fit: str = "gaussian", workers: int = 1,
                    progress: Callable[[int], None] | None = None, sigma: float = 1.5,
                    refine: bool = False) -> TrackResult:

@@ -10,7 +10,9 @@ cause; anything else is a bug.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import typing
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -19,10 +21,14 @@ from ..imageops import ncc
 from ..transform import apply_to_points, compose, decompose, invert
 from .base import Backend, RegistrationError, RegistrationResult
 
-BACKENDS = ("elastix", "fast")
+if TYPE_CHECKING:
+    from .fast import FastParams
+
+BackendName = Literal["elastix", "fast"]  # the config's register.backend
+BACKENDS: tuple[str, ...] = typing.get_args(BackendName)
 
 
-def backend_for(name: str, params: dict[str, Any] | None = None) -> Backend:
+def backend_for(name: str, params: "dict[str, Any] | FastParams | None" = None) -> Backend:
     """The back-end called ``name`` with the user's parameter overrides.
 
     Its module is imported here, not before: elastix loads ITK.
@@ -31,8 +37,10 @@ def backend_for(name: str, params: dict[str, Any] | None = None) -> Backend:
     ----------
     name : str
         One of :data:`BACKENDS` (the config's ``register.backend``).
-    params : dict, optional
-        The config's ``register.fast`` or ``register.elastix`` overrides; None for none.
+    params : dict or FastParams, optional
+        The config's ``register.fast`` (a :class:`amst.register.fast.FastParams`, or a
+        dict of overrides of its fields) or ``register.elastix`` (a dict of elastix
+        parameters); None for none.
 
     Returns
     -------
@@ -51,7 +59,9 @@ def backend_for(name: str, params: dict[str, Any] | None = None) -> Backend:
     if name == "fast":
         from .fast import FastBackend
 
-        return FastBackend(dict(params or {}))
+        # FastBackend takes overrides as a dict; all fields of a FastParams are equivalent.
+        fields = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {})
+        return FastBackend(fields)
     raise ValueError(_unknown_backend(name))
 
 
@@ -86,7 +96,8 @@ def register(backend: str, raw: np.ndarray, template: np.ndarray, template_mask:
     if backend == "fast":
         from .fast import register_fast
 
-        return register_fast(raw, template, template_mask, initial, params, template_level, raw_level)
+        return register_fast(raw, template, template_mask, initial, params, template_level=template_level,
+                             raw_level=raw_level)
     raise ValueError(_unknown_backend(backend))
 
 
@@ -125,10 +136,19 @@ def distortion_px(correction: np.ndarray, canvas_shape_yx: tuple[int, int]) -> f
     return float(np.linalg.norm(half @ linear.T, axis=1).max())
 
 
-def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], max_scale_change: float,
-                 max_shear: float, max_shift_px: float, ncc_before: float, ncc_after: float,
-                 min_ncc_gain: float, min_ncc: float = 0.0) -> str:
-    """Empty string if the registration is plausible, else the reason to fall back."""
+def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], *,
+                 ncc_before: float, ncc_after: float, max_scale_change: float, max_shear: float,
+                 max_shift_px: float, min_ncc_gain: float, min_ncc: float = 0.0) -> str:
+    """Empty string if the registration is plausible, else the reason to fall back.
+
+    Parameters
+    ----------
+    result, initial : (2, 3) affines (output -> raw): the registration and its start
+    canvas_shape_yx : (H, W) of the output canvas (the shift is measured at its corners)
+    ncc_before, ncc_after : the slice's NCC with its template at ``initial`` and at ``result``
+    max_scale_change, max_shear, max_shift_px, min_ncc_gain, min_ncc : the thresholds
+        (the config's ``register`` options of the same names)
+    """
     correction = compose(invert(initial), result)
     d = decompose(correction)
     if abs(d["scale_x"] - 1) > max_scale_change or abs(d["scale_y"] - 1) > max_scale_change:
@@ -149,5 +169,5 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["Backend", "backend_for", "register", "template_level", "check_result", "distortion_px", "sampled_ncc",
-           "RegistrationError", "RegistrationResult", "BACKENDS"]
+__all__ = ["Backend", "BackendName", "backend_for", "register", "template_level", "check_result", "distortion_px",
+           "sampled_ncc", "RegistrationError", "RegistrationResult", "BACKENDS"]

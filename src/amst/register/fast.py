@@ -170,7 +170,7 @@ def level_shape(shape_yx: tuple[int, int], level: int) -> tuple[int, int]:
 
 
 def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarray | None, initial: np.ndarray,
-                  parameters: dict[str, Any] | None = None, template_level: int = 0,
+                  parameters: dict[str, Any] | None = None, *, template_level: int = 0,
                   raw_level: int = 0) -> RegistrationResult:
     """Affine (output -> raw) of ``raw`` onto ``template``, starting from ``initial``.
 
@@ -288,7 +288,8 @@ class FastBackend:
         ValueError
             For parameters :func:`validate_params` refuses.
         """
-        return register_fast(raw, template, template_mask, initial, self.params, level, level)
+        return register_fast(raw, template, template_mask, initial, self.params, template_level=level,
+                             raw_level=level)
 
     def probe(self) -> None:
         """Nothing to try: :func:`validate_params` is the whole check of the parameters."""

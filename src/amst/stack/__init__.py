@@ -182,7 +182,7 @@ def check_output_fits(fmt: str, shape: tuple[int, int, int], dtype: Any) -> None
 
 
 def create_writer(path: str | Path, fmt: str, shape: tuple[int, int, int], dtype: Any,
-                  voxel_size: VoxelSize | None = None, names: list[str] | None = None,
+                  voxel_size: VoxelSize | None = None, *, names: list[str] | None = None,
                   pyramid_levels: int = 1, mode: str = "w", ngff_version: str = "0.4",
                   provenance: dict[str, Any] | None = None) -> Any:
     """Create an output stack writer.

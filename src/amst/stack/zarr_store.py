@@ -202,7 +202,7 @@ class OmeZarrWriter:
     kind = "zarr"
 
     def __init__(self, path: str | Path, shape: tuple[int, int, int], dtype: Any,
-                 voxel_size: VoxelSize | None = None, pyramid_levels: int = 1,
+                 voxel_size: VoxelSize | None = None, *, pyramid_levels: int = 1,
                  chunk_yx: int = 1024, mode: str = "w", ngff_version: str = "0.4",
                  provenance: dict[str, Any] | None = None):
         from ome_zarr.format import FormatV04, FormatV05
