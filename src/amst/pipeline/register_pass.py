@@ -102,6 +102,7 @@ def register_block(job: RegisterJob, first: int, last: int) -> list[SliceResult]
         for zt, template in done:
             raw_t, image_t = held.pop(zt)
             result = register_slice(job, zt, raw_t, image_t, template, timings[zt])
+            result.timings = timings[zt]
             t0 = time.perf_counter()
             write_entry(job.journal, zt, result.to_json())
             timings[zt]["write"] += time.perf_counter() - t0
