@@ -88,7 +88,7 @@ def main() -> None:
             if not rows:
                 pre = np.array([s.prealign for s in tf.slices])
                 rows.append(summarise(f"{args.prealign} only", pre, tf.canvas_shape_yx, raw_shape, gt,
-                                      ["ok"] * len(pre), res.timings_per_slice["prealign"] * len(pre)))
+                                      ["ok"] * len(pre), res.timings_per_slice["prealign"] * len(pre) / res.cores))
             rows.append(summarise(f"AMST {backend} x{passes}", tf.affines, tf.canvas_shape_yx, raw_shape, gt, res.statuses,
                                   seconds, " ".join(overrides)))
             rows[-1]["worse_than_prealign"] = _worse(rows[-1]["rms"], rows[0]["rms"])

@@ -204,6 +204,10 @@ class RunConfig:
         d.pop("execution")
         d["register"].pop("max_fallback_fraction")
         d.pop("z_spacing")  # measured after the alignment, from its output: a resumed run redoes it
+        # The fast back-end's overrides only, as before it was a section: a run folder written
+        # then still resumes (its digest held an empty mapping for the defaults).
+        defaults = dataclasses.asdict(type(self.register.fast)())
+        d["register"]["fast"] = {k: v for k, v in d["register"]["fast"].items() if v != defaults[k]}
         return d
 
 

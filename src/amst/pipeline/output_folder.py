@@ -24,7 +24,7 @@ from ..stack import Stack, VoxelSize, create_writer
 log = logging.getLogger("amst")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OutputSpec:
     """The output stack a run writes: where, in which format, its geometry and metadata."""
 

@@ -34,7 +34,7 @@ class TemplateSource(enum.Enum):
     PREVIOUS_PASS = "previous pass"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PassPlan:
     """One registration pass.
 

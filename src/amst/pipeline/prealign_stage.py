@@ -23,13 +23,14 @@ log = logging.getLogger("amst")
 
 def run_prealignment(stack: Stack, prealigned_stack: Stack | None, cfg: RunConfig, *, saved: Path, resuming: bool,
                      workers: int, progress: bool) -> tuple[Transforms, float]:
-    """The run's pre-alignment and the seconds it took: read back from ``saved`` when resuming,
-    else measured (by ``cfg.prealign``, or against the ``--prealigned`` stack) and saved there."""
+    """The run's pre-alignment and the seconds this call spent on it: read back from ``saved``
+    when resuming, else measured (by ``cfg.prealign``, or against the ``--prealigned`` stack)
+    and saved there (with the seconds it took, ``prealign_seconds``)."""
+    t0 = time.perf_counter()
     if resuming and saved.exists():
         pre_tf = load_transforms(saved)
-        seconds = float(pre_tf.extra.get("prealign_seconds", 0.0))
+        seconds = time.perf_counter() - t0
     else:
-        t0 = time.perf_counter()
         if prealigned_stack is not None:
             pre_tf = _from_prealigned_stack(stack, prealigned_stack, workers)
         else:

@@ -26,7 +26,7 @@ from .plan import PassPlan
 from .records import SliceResult, no_time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RegisterJob:
     """Everything a worker needs for one pass; small and picklable (no pixel data)."""
 

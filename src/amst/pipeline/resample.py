@@ -15,7 +15,7 @@ from .output_folder import OutputSpec
 from .records import ResampledSlice
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ResampleJob:
     """Everything a worker needs to resample and write slices; small and picklable."""
 

@@ -52,6 +52,7 @@ class AlignResult:
     output_stack: Path
     transforms: Transforms
     timings_per_slice: dict[str, float]  # core seconds per slice, by stage (amst.pipeline.clock)
+    cores: int                           # the cores the run held (wall seconds = core seconds / cores)
     recomputed: int                      # slices resampled and written by this call
     recomputed_per_pass: list[int] = field(default_factory=list)  # per registration pass, then the resampling
     config: RunConfig = field(repr=False, default_factory=RunConfig)
@@ -157,6 +158,8 @@ def _cores(executor: Any, workers: int) -> int:
 
 def _probe_backend(executor: Any, backend: Backend) -> None:
     """Try the back-end once with the user's parameters, where the run will register."""
+    if not backend.needs_probe:
+        return
     if executor is None:
         backend.probe()
     elif hasattr(executor, "scatter"):  # a dask.distributed Client
@@ -250,13 +253,15 @@ def _align(run: _Run, t_setup: float) -> AlignResult:
         tf = with_depths(tf, depths)
     clock.held("finish", time.perf_counter() - t_finish)
     tf.extra["timings_per_slice_s"] = clock.per_slice(n)
+    t_finish = time.perf_counter()
     tf.save(out / "transforms.json")
     mark_complete(out, ownership)
     _log_summary(tf)
+    clock.held("finish", time.perf_counter() - t_finish)  # after the file: in the printout, not in it
     per_slice = clock.per_slice(n)
     log.info("time per slice (core-s on %d core(s)): %s", clock.cores,
              "  ".join(f"{k} {v:.3f}" for k, v in per_slice.items() if v > 0))
-    return AlignResult(out, spec.path, tf, per_slice, per_pass[-1], per_pass, cfg)
+    return AlignResult(out, spec.path, tf, per_slice, clock.cores, per_pass[-1], per_pass, cfg)
 
 
 def _registration_passes(run: _Run, pre_tf: Transforms, prealign_affines: np.ndarray, canvas: tuple[int, int],
@@ -287,7 +292,8 @@ def _register_pass(run: _Run, plan: PassPlan, prealign_affines: np.ndarray, canv
     cfg, n = run.cfg, len(run.stack)
     journal = run.state / f"journal_pass{plan.index}"
     journal.mkdir(parents=True, exist_ok=True)
-    done = read_journal(journal, n, SliceResult) if run.resuming else {}
+    with run.clock.main("setup"):
+        done = read_journal(journal, n, SliceResult) if run.resuming else {}
     todo = [z for z in range(n) if z not in done]
     if done:
         log.info("pass %d: resuming, %d of %d slices already done", plan.index, len(done), n)
@@ -349,10 +355,11 @@ def _resample(run: _Run, affines: np.ndarray, canvas: tuple[int, int], spec: Out
     n = len(run.stack)
     journal = run.state / "journal"
     journal.mkdir(parents=True, exist_ok=True)
-    done = read_journal(journal, n, ResampledSlice) if run.resuming else {}
-    done = {z: e for z, e in done.items() if np.allclose(e.affine, affines[z], rtol=0, atol=1e-12)}
-    if done:
-        done = drop_missing_output(done, writer, journal, everything=created)
+    with run.clock.main("setup"):  # what an earlier run left is checked
+        done = read_journal(journal, n, ResampledSlice) if run.resuming else {}
+        done = {z: e for z, e in done.items() if np.allclose(e.affine, affines[z], rtol=0, atol=1e-12)}
+        if done:
+            done = drop_missing_output(done, writer, journal, everything=created)
     todo = [z for z in range(n) if z not in done]
     job = ResampleJob(run.stack, affines, canvas, run.cfg.warp.order, spec, journal)
     with tqdm(total=n, initial=len(done), desc="resample", unit="slice", disable=not run.progress) as bar, \

@@ -167,7 +167,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
         cards.append(("GT error median / p95", f"{g['rms_px_median']:.3f} / {g['rms_px_p95']:.3f} px"))
     t = s.get("timings_per_slice_s") or {}
     if t:
-        cards.append(("Time per slice", f"{sum(t.values()):.2f} s"))
+        cards.append(("Time per slice", f"{sum(t.values()):.2f} core-s"))
     flagged = _flagged_rows(ev)
     rows = "".join(
         f"<tr><td>{z}</td><td style='text-align:left'>{html.escape(name)}</td><td>{st}</td>"
@@ -190,7 +190,7 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 <img src="reslice_xz.png" alt="xz reslice"><img src="reslice_yz.png" alt="yz reslice">
 <h2>Flagged slices ({len(flagged)})</h2>
 {'<table><tr><th>slice</th><th>name</th><th>status</th><th>reason</th></tr>' + rows + '</table>' if flagged else '<p>None.</p>'}
-{z_section}{_nonfinite_section(ev)}<h2>Time per slice (s)</h2><table>{timing_rows}</table>
+{z_section}{_nonfinite_section(ev)}<h2>Time per slice (core-s: seconds times the cores the run held)</h2><table>{timing_rows}</table>
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
     (out / "index.html").write_text(body)

@@ -141,6 +141,11 @@ class Backend(Protocol):
         """
         ...
 
+    @property
+    def needs_probe(self) -> bool:
+        """Whether :meth:`probe` has anything to try (the pipeline skips the round trip otherwise)."""
+        ...
+
     def probe(self) -> None:
         """Check, before a run touches its output, that the back-end can use its parameters.
 

@@ -323,7 +323,7 @@ def probe_parameters(parameters: dict[str, Any]) -> None:
                          f"({exc}); check the values in register.elastix") from exc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ElastixBackend:
     """The elastix back-end behind the :class:`amst.register.base.Backend` protocol.
 
@@ -380,6 +380,11 @@ class ElastixBackend:
         """
         _full_resolution(level)
         return register_elastix(raw, template, template_mask, initial, self.params)
+
+    @property
+    def needs_probe(self) -> bool:
+        """True when ``params`` overrides the paper's parameters."""
+        return bool(self.params)
 
     def probe(self) -> None:
         """:func:`probe_parameters` when ``params`` overrides the paper's parameters (loads ITK).

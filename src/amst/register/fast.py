@@ -236,7 +236,7 @@ def register_fast(raw: np.ndarray, template: np.ndarray, template_mask: np.ndarr
     return RegistrationResult(warp, {"backend": "fast", "iterations": iterations, "correlation": corr})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FastBackend:
     """The fast back-end behind the :class:`amst.register.base.Backend` protocol.
 
@@ -290,6 +290,11 @@ class FastBackend:
         """
         return register_fast(raw, template, template_mask, initial, self.params, template_level=level,
                              raw_level=level)
+
+    @property
+    def needs_probe(self) -> bool:
+        """False: :func:`validate_params` is the whole check of the parameters."""
+        return False
 
     def probe(self) -> None:
         """Nothing to try: :func:`validate_params` is the whole check of the parameters."""
