@@ -86,9 +86,6 @@ def make_executor(cfg: RunConfig, workers: int, preload: str = "amst") -> tuple[
         return None, lambda abort=False: None
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                initargs=(os.getpid(),))
-    with sigint_ignored():  # the workers start now and import while the run sets up and pre-aligns
-        for _ in range(workers):
-            pool.submit(_preload, preload)
 
     def close(abort: bool = False) -> None:
         if abort:
@@ -102,6 +99,13 @@ def make_executor(cfg: RunConfig, workers: int, preload: str = "amst") -> tuple[
                 process.join()
         pool.shutdown(wait=True, cancel_futures=True)
 
+    try:
+        with sigint_ignored():  # the workers start now and import while the run sets up and pre-aligns
+            for _ in range(workers):
+                pool.submit(_preload, preload)
+    except KeyboardInterrupt:
+        close(abort=True)
+        raise
     return pool, close
 
 
@@ -144,15 +148,24 @@ def _worker_init(parent_pid: int) -> None:
 
 @contextmanager
 def sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C in this process while the block runs (worker processes started in it inherit that)."""
+    """Worker processes started inside ignore Ctrl-C from their first instruction (they inherit
+    the ignored SIGINT); a Ctrl-C meanwhile reaches this process when the block ends.
+
+    The signal is also blocked in this thread while it is ignored: Linux keeps a blocked
+    signal pending even when its action is to ignore it, so it is delivered, to the restored
+    handler, on unblocking instead of being lost (a Ctrl-C while a run submitted its blocks
+    used to be dropped, and the run went on).
+    """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -39,7 +39,8 @@ class IterationParams(Protocol):
 
 @dataclass
 class GaussNewtonParams:
-    """Settings of one level's Gauss-Newton iterations (the fast back-end's defaults)."""
+    """Settings of one level's Gauss-Newton iterations (the fast back-end's
+    :class:`~amst.register.fast.FastParams` extends them)."""
 
     max_iterations: int = 40      # at most this many iterations
     tolerance_px: float = 0.002   # stop when the update moves no pixel by more than this

@@ -28,25 +28,21 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from ..gauss_newton import align_level
+from ..gauss_newton import GaussNewtonParams, align_level
 from ..transform import as_affine, at_level
 from .base import RegistrationError, RegistrationResult
 
 
 @dataclass
-class FastParams:
-    """Tuning of the fast back-end (all overridable from the config's ``register.fast``)."""
+class FastParams(GaussNewtonParams):
+    """Tuning of the fast back-end (all overridable from the config's ``register.fast``): the
+    iterations of each level (:class:`~amst.gauss_newton.GaussNewtonParams`, ``max_iterations``
+    per level) and the pyramid."""
 
     coarsest_side: int = 160      # pyramid: halve until the longer side is below this
     finest_side: int = 1536       # stop refining at the first level whose longer side is <= this
     finest_level: int | None = None  # explicit finest level (0 = full resolution) instead of finest_side
-    max_iterations: int = 40      # per level
-    tolerance_px: float = 0.002   # stop when the update moves no pixel by more than this
-    cell: int = 2                 # one sample candidate per cell x cell block
-    keep_fraction: float = 1.0    # keep the strongest-gradient fraction of candidates
     smooth_sigma: float = 1.0     # Gaussian on both images first: less noise in the gradients
-    min_samples: int = 200
-    robust: bool = True           # Huber weights on the residuals (down-weights template mismatch)
 
 
 def _pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
