@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import RunConfig, build_config, dump_yaml
-from ..executors import make_executor
+from ..executors import make_executor, sigint_deferred
 from ..fallbacks import FallbackWatch
 from ..outdir import STATE_DIR, Ownership, atomic_write_text, mark_complete, mark_incomplete, write_ownership
 from ..parallel import default_workers
@@ -133,7 +133,8 @@ def align(input: str | Path, out: str | Path, config: str | Path | dict | RunCon
     interrupted = False
     try:
         _probe_backend(executor, backend)
-        resuming = prepare_out(out, cfg, protected, parts, overwrite)
+        with sigint_deferred():  # OUT is claimed whole: a Ctrl-C now leaves a run to resume
+            resuming = prepare_out(out, cfg, protected, parts, overwrite)
         handler = attach_log(out / "amst.log")
         try:
             clock = StageClock(_cores(executor, workers))
