@@ -147,14 +147,12 @@ def _worker_init(parent_pid: int) -> None:
 
 
 @contextmanager
-def sigint_ignored() -> Iterator[None]:
-    """Worker processes started inside ignore Ctrl-C from their first instruction (they inherit
-    the ignored SIGINT); a Ctrl-C meanwhile reaches this process when the block ends.
+def sigint_deferred() -> Iterator[None]:
+    """A Ctrl-C during the block reaches this process when the block ends, not inside it (for
+    steps that must not be left half-done, such as claiming the output folder).
 
-    The signal is also blocked in this thread while it is ignored: Linux keeps a blocked
-    signal pending even when its action is to ignore it, so it is delivered, to the restored
-    handler, on unblocking instead of being lost (a Ctrl-C while a run submitted its blocks
-    used to be dropped, and the run went on).
+    SIGINT is blocked in this thread; Linux keeps a blocked signal pending, even while its
+    action is to ignore it (:func:`sigint_ignored`), and delivers it on unblocking.
     """
     import signal
     import threading
@@ -163,26 +161,27 @@ def sigint_ignored() -> Iterator[None]:
         yield
         return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """A Ctrl-C during the block reaches this process when the block ends, not inside it (for
-    steps that must not be left half-done, such as claiming the output folder)."""
+def sigint_ignored() -> Iterator[None]:
+    """Worker processes started inside ignore Ctrl-C from their first instruction (they inherit
+    the ignored SIGINT); a Ctrl-C meanwhile reaches this process when the block ends
+    (:func:`sigint_deferred`: a Ctrl-C while a run submitted its blocks used to be lost).
+    """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with sigint_deferred():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

@@ -19,7 +19,8 @@ from .. import __version__
 from ..config import RunConfig
 from ..outdir import (STATE_DIR, OutputError, OwnedEntry, atomic_write_text, claim_output, read_ownership,
                       refuse_overlap, unknown_files)
-from ..stack import Stack, VoxelSize, create_writer
+from ..stack import OUTPUT_FORMATS, Stack, VoxelSize, create_writer, output_is_file
+from ..zspacing.stackwise import EVEN_Z_OUTPUT
 
 log = logging.getLogger("amst")
 
@@ -61,8 +62,6 @@ def open_output_stack(spec: OutputSpec, resuming: bool) -> tuple[Any, bool]:
 
 
 def output_name(cfg: RunConfig) -> str:
-    from ..stack import OUTPUT_FORMATS
-
     return OUTPUT_FORMATS[cfg.output.out_format]
 
 
@@ -120,8 +119,6 @@ def run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) ->
 
 def stack_entry(name: str, fmt: str, levels: int, tiff_names: tuple[str, ...] | list[str]) -> OwnedEntry:
     """The owned entry of an output stack in format ``fmt`` (a Zarr store, one file, or a TIFF folder)."""
-    from ..stack import output_is_file
-
     if fmt == "zarr":
         return OwnedEntry(name, "zarr", tuple(str(i) for i in range(levels)))
     return OwnedEntry(name, "file") if output_is_file(fmt) else OwnedEntry(name, "tiff", tuple(tiff_names))
@@ -129,8 +126,6 @@ def stack_entry(name: str, fmt: str, levels: int, tiff_names: tuple[str, ...] | 
 
 def even_z_entry(fmt: str, tiff_names: tuple[str, ...] | list[str] = ()) -> OwnedEntry:
     """The owned entry of a run's even-z output (``z_spacing.mode: resample``; one Zarr level)."""
-    from ..zspacing.stackwise import EVEN_Z_OUTPUT
-
     return stack_entry(EVEN_Z_OUTPUT[fmt], fmt, 1, tiff_names)
 
 

@@ -78,18 +78,17 @@ def first_pass(prealign_affines: np.ndarray, prealign_ok: np.ndarray, *, prealig
                     np.zeros(len(prealign_affines), bool), ends_in_pass(ends, 1))
 
 
-def next_pass(previous: PassPlan, results: list[SliceResult], prealign_affines: np.ndarray, *,
-              distorted: np.ndarray, estimates: dict[int, np.ndarray], second_pass_from: str,
-              ends: str) -> PassPlan:
-    """The pass after ``previous`` from its ``results`` (one per slice, in order).
+def next_pass(previous: PassPlan, ok: np.ndarray, start: np.ndarray, *, distorted: np.ndarray,
+              estimates: dict[int, np.ndarray], second_pass_from: str, ends: str) -> PassPlan:
+    """The pass after ``previous`` from its results (:func:`registered_starts`: which slices it
+    registered, ``ok``, and each slice's affine from it, ``start``).
 
-    Each slice starts from its result where that is ``ok``, else from its pre-alignment. The
-    templates place slices as ``previous`` did (``second_pass_from: prealigned``) or by the
+    The templates place slices as ``previous`` did (``second_pass_from: prealigned``) or by the
     new start (``corrected``). Slices not ``ok`` join the excluded ones; ``ok`` slices that are
     ``distorted`` enter templates placed by their start, which is their entry of ``estimates``
     where it has one (the previous pass's measurements combined and refined).
     """
-    ok, start = registered_starts(results, prealign_affines)
+    start = np.array(start, np.float64)
     placed = ok & np.asarray(distorted, bool)
     for z in np.flatnonzero(placed):
         if int(z) in estimates:

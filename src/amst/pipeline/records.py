@@ -79,12 +79,10 @@ class ResampledSlice:
 class Refinement:
     """One slice's linear correction measured again against its nearest undistorted neighbours
     (:mod:`amst.pipeline.refine`): the refined affine (None when it was not kept, ``reason``
-    says why), the NCC before and after, the linear deviation from the pre-alignment, and
-    the seconds it took."""
+    says why), the linear deviation from the pre-alignment, and the seconds it took."""
 
     index: int
     affine: np.ndarray | None = None
-    ncc: tuple[float, float] | None = None
     linear_deviation: np.ndarray | None = None
     reason: str = ""
     seconds: float = 0.0

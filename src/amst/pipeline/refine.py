@@ -190,7 +190,7 @@ def refine_block(job: RefineJob, first: int, last: int) -> list[Refinement]:
                 entry.reason = f"refinement not kept: {problem}"
             else:
                 pre_linear = compose(invert(job.prealign_affines[z]), refined)[:, :2]
-                entry.affine, entry.ncc = refined, (ncc_start, ncc_refined)
+                entry.affine = refined
                 entry.linear_deviation = (pre_linear - np.eye(2)).ravel()
         entry.seconds = time.perf_counter() - t0
         out.append(entry)

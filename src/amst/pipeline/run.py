@@ -232,11 +232,8 @@ def _align(run: _Run, t_setup: float) -> AlignResult:
     prealign_affines = np.array([s.prealign for s in pre_tf.slices])
 
     results, per_pass = _registration_passes(run, pre_tf, prealign_affines, canvas, level)
-    # Each slice's final affine from its two measurements (amst.combine), then one resampling.
-    with clock.main("combine"):
-        combined, without_linear = combine_results(results, prealign_affines, pre_tf, canvas, run.cfg)
-    if without_linear is not None:
-        _refine(run, results, prealign_affines, without_linear, canvas, level, combined, run.progress)
+    # Each slice's final affine from its two measurements, then one resampling.
+    combined = _combine_and_refine(run, results, pre_tf, prealign_affines, canvas, level, run.progress)
     affines = np.array([r.affine for r in results])
     per_pass.append(_resample(run, affines, canvas, spec, writer, created))
     depths = None
@@ -327,27 +324,29 @@ def _next_plan(run: _Run, plan: PassPlan, results: list[SliceResult], pre_tf: Tr
     with run.clock.main("combine"):
         ok, start = registered_starts(results, prealign_affines)
         distorted = ok & distorted_slices(start, prealign_affines, canvas, cfg.template.outlier_distortion_px)
-        estimates: dict[int, np.ndarray] = {}
-        first: list[SliceResult] = []
-        without_linear = None
-        if distorted.any() and cfg.register.combine == "significance":
-            first = [r.copy() for r in results]
-            summary, without_linear = combine_results(first, prealign_affines, pre_tf, canvas, cfg)
-    if without_linear is not None:
-        _refine(run, first, prealign_affines, without_linear, canvas, level, summary, False)
-    if first:
+    estimates: dict[int, np.ndarray] = {}
+    if distorted.any() and cfg.register.combine == "significance":
+        first = [r.copy() for r in results]
+        _combine_and_refine(run, first, pre_tf, prealign_affines, canvas, level, False)
         estimates = {int(z): first[z].affine for z in np.flatnonzero(distorted)}
-    return next_pass(plan, results, prealign_affines, distorted=distorted, estimates=estimates,
+    return next_pass(plan, ok, start, distorted=distorted, estimates=estimates,
                      second_pass_from=cfg.template.second_pass_from, ends=cfg.template.ends)
 
 
-def _refine(run: _Run, results: list[SliceResult], prealign_affines: np.ndarray, without_linear: np.ndarray,
-            canvas: tuple[int, int], level: int, combined: dict[str, Any], progress: bool) -> None:
-    with run.clock.workers():
-        seconds = refine_corrections(run.executor, results, prealign_affines=prealign_affines,
-                                     without_linear=without_linear, stack=run.stack, canvas=canvas, cfg=run.cfg,
-                                     backend=run.backend, level=level, combined=combined, progress=progress)
-        run.clock.add({"refine": seconds})
+def _combine_and_refine(run: _Run, results: list[SliceResult], pre_tf: Transforms, prealign_affines: np.ndarray,
+                        canvas: tuple[int, int], level: int, progress: bool) -> dict[str, Any]:
+    """Each slice's affine in ``results`` replaced by the combination of its two measurements
+    (:mod:`~amst.pipeline.combination`), and the corrections it keeps measured again
+    (:mod:`~amst.pipeline.refine`); returns the stack-level summary."""
+    with run.clock.main("combine"):
+        combined, without_linear = combine_results(results, prealign_affines, pre_tf, canvas, run.cfg)
+    if without_linear is not None:
+        with run.clock.workers():
+            seconds = refine_corrections(run.executor, results, prealign_affines=prealign_affines,
+                                         without_linear=without_linear, stack=run.stack, canvas=canvas, cfg=run.cfg,
+                                         backend=run.backend, level=level, combined=combined, progress=progress)
+            run.clock.add({"refine": seconds})
+    return combined
 
 
 def _resample(run: _Run, affines: np.ndarray, canvas: tuple[int, int], spec: OutputSpec, writer: Any,
