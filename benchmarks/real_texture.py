@@ -27,7 +27,7 @@ from amst.pipeline import align
 from amst.quality.ground_truth import slice_errors
 from amst.stack import VoxelSize, create_writer, open_stack
 from amst.synth.acquisition import AcquisitionParams, simulate_acquisition
-from amst.transform import compose, invert, translation
+from amst.transform import compose, translation
 
 MARGIN = 16
 

@@ -6,7 +6,6 @@ message names what is there.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

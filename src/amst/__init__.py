@@ -15,9 +15,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
     from .pipeline import align, apply
+    from .point_map import map_points, map_points_inverse
 
 # Public names imported on first access: name -> the submodule that defines it.
-_LAZY = {"align": "pipeline", "apply": "pipeline"}
+_LAZY = {"align": "pipeline", "apply": "pipeline", "map_points": "point_map", "map_points_inverse": "point_map"}
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +33,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["align", "apply", "__version__"]
+__all__ = ["align", "apply", "map_points", "map_points_inverse", "__version__"]

@@ -310,7 +310,9 @@ def info(path: str, pattern: str | None, dataset: str | None, channel: int | Non
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", default="fibsem-marks", show_default=True,
-              type=click.Choice(["fibsem-marks", "fibsem-nomarks", "ideal"]))
+              type=click.Choice(["fibsem-marks", "fibsem-nomarks", "ideal", "fibsem-elastic"]),
+              help="fibsem-elastic: as fibsem-marks, and every auto-focus event also displaces an irradiated "
+                   "region locally by 1-3 px (a non-affine distortion; ground_truth.json records it).")
 @click.option("--shape", nargs=3, type=int, default=None, metavar="Z Y X",
               help="[default: 100 1024 1024; with --from-volume the source's depth, and its slice less a "
                    "margin of 24 px (at most 1/8 of the side) on each side]")
@@ -531,6 +533,10 @@ def prealign_cmd(input, out, method, method_alias, config_file, write_stack, out
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:port).")
 @click.option("--cluster", type=click.Choice(["slurm"]), default=None,
               help="Start workers with dask-jobqueue (options in the config's execution.slurm section).")
+@click.option("--elastic/--no-elastic", "elastic", default=None,
+              help=_help("After the affine, correct local (non-affine) jumps with a smooth displacement field, only "
+                         "where a slice's local residual to its template is significant and its neighbours do not "
+                         "share it (transforms.json version 2).", "elastic"))
 @click.option("--z-spacing", "z_spacing", type=click.Choice(["off", "estimate", "resample"]), default=None,
               help=_help("Measure each slice's depth from the images after alignment (estimate: into "
                          "transforms.json as z_nm and the report); resample: also write OUT/aligned_z on an even "

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from .choices import allows_none, check_choices, coerce_choice, literal_values
+from .elastic import ElasticParams
 from .prealign import PrealignConfig
 from .register import BackendName
 from .register.elastix import validate_parameters as validate_elastix_parameters
@@ -81,6 +82,9 @@ class RegisterConfig:
     # "registration" takes the registration as it is (the paper's AMST).
     combine: Literal["significance", "registration"] = "significance"
     significance: float = 6.0
+    # Beyond the affine: a smooth displacement field where a slice has a significant local
+    # distortion that its neighbours do not share (amst.elastic); off by default.
+    elastic: ElasticParams = field(default_factory=ElasticParams)
 
     def validate(self) -> None:
         """Refuse back-end parameters the back-ends do not read and values that make no sense."""
@@ -97,6 +101,7 @@ class RegisterConfig:
         _in_range("register.min_ncc_gain", self.min_ncc_gain, -2.0, 2.0)
         _in_range("register.max_fallback_fraction", self.max_fallback_fraction, 0.0, 1.0)
         _in_range("register.significance", self.significance, 0.0, math.inf, low_open=True)
+        self.elastic.validate("register.elastic")
 
 
 @dataclass
@@ -208,6 +213,8 @@ class RunConfig:
         # then still resumes (its digest held an empty mapping for the defaults).
         defaults = dataclasses.asdict(type(self.register.fast)())
         d["register"]["fast"] = {k: v for k, v in d["register"]["fast"].items() if v != defaults[k]}
+        if not self.register.elastic.enabled:  # off: the digest of runs from before the stage existed
+            d["register"].pop("elastic")
         return d
 
 
@@ -257,6 +264,7 @@ FLAT_OPTIONS: dict[str, str] = {
     "prealigned": "prealigned", "median_radius": "template.median_radius",
     "backend": "register.backend", "passes": "register.passes",
     "max_fallback_fraction": "register.max_fallback_fraction", "combine": "register.combine",
+    "elastic": "register.elastic.enabled",
     "order": "warp.order", "out_format": "output.out_format",
     "pyramid_levels": "output.pyramid_levels", "ngff_version": "output.ngff_version", "workers": "execution.workers",
     "block_size": "execution.block_size", "scheduler": "execution.scheduler", "cluster": "execution.cluster",

@@ -32,7 +32,7 @@ _DIGITS = re.compile(r"^\d+$")
 # Every file a run's report holds (quality/report.py and ``amst evaluate --compare``).
 REPORT_FILES = frozenset({"index.html", "evaluation.json", "residual.png", "transforms.png", "reslice_xz.png",
                           "reslice_yz.png", "ground_truth.png", "compare_xz.png", "compare_yz.png",
-                          "z_spacing.png"})
+                          "z_spacing.png", "elastic_fields.png", "elastic_largest.png"})
 STATE_FILES = frozenset({MARKER, "state.json", "prealign.json"})
 _JOURNAL_DIR = re.compile(r"^journal(_pass\d+)?$")
 _JOURNAL_FILE = re.compile(r"^\.?\d{7}\.json(\.partial)?$")

@@ -1,4 +1,4 @@
-"""``amst apply``: the affines of a run's ``transforms.json`` re-applied to another stack
+"""``amst apply``: the maps (affines and displacement fields) of a run's ``transforms.json`` re-applied to another stack
 (another channel, labels), each slice resampled once."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from ..outdir import OwnedEntry, Ownership, claim_output, mark_complete, write_o
 from ..parallel import default_workers, ordered_map
 from ..stack import VoxelSize, create_writer, open_stack
 from ..transforms_io import load_transforms
-from ..warp import warp_slice
 from ..zspacing.stackwise import even_names, grid_for, write_even_grid
 
 log = logging.getLogger("amst")
@@ -90,8 +89,10 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
     ownership = Ownership("apply", [OwnedEntry(".", fmt, tuple(getattr(writer, "names", ("0",))))])
     write_ownership(out, ownership)  # again: creating a Zarr store may have cleared the folder
 
+    maps = tf.maps()
+
     def one(z: int) -> None:
-        writer.write(z, warp_slice(stack.read(z), tf.slices[z].affine, canvas, order))
+        writer.write(z, maps.warp(z, stack.read(z), canvas, order))
 
     with tqdm(total=count, desc="apply" if grid is None else "apply (even z)", unit="slice",
               disable=not progress) as bar:
@@ -99,7 +100,7 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
             for _ in ordered_map(one, range(len(stack)), default_workers(workers)):
                 bar.update(1)
         else:
-            write_even_grid(stack, tf.affines, canvas, grid, writer, order=order, workers=default_workers(workers),
+            write_even_grid(stack, maps, canvas, grid, writer, order=order, workers=default_workers(workers),
                             progress=bar.update)
     mark_complete(out, ownership)
     return out

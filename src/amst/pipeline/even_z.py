@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from ..config import RunConfig
 from ..fallbacks import RunError
 from ..outdir import Ownership, read_ownership, remove_entry, write_ownership
 from ..stack import Stack, check_output_fits, create_writer, open_stack
+from ..warp import SliceMaps
 from ..zspacing import ZSpacing
 from ..zspacing.grid import even_grid
 from ..zspacing.stackwise import EVEN_Z_OUTPUT, estimate_stack_depths, even_names, output_path, write_even_grid
@@ -40,11 +40,12 @@ def keep_or_drop_even_z(out: Path, ownership: Ownership, cfg: RunConfig, resumin
                      "rebuild", out / entry.name, cfg.z_spacing.mode)
 
 
-def depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, affines: np.ndarray, canvas: tuple[int, int],
+def depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, maps: SliceMaps, canvas: tuple[int, int],
                       cfg: RunConfig, provenance: dict[str, Any], ownership: Ownership, workers: int,
                       progress: bool) -> tuple[ZSpacing, dict[str, float]]:
     """Estimate each slice's depth on the written output and, for ``resample``, write the even-z output.
 
+    ``maps``: each slice's final map (:class:`amst.warp.SliceMaps`), for the even-z output.
     Returns the depths and the seconds of the two stages (``z_spacing``, ``even_z``).
 
     Raises
@@ -79,7 +80,7 @@ def depths_and_even_z(stack: Stack, out: Path, out_stack: Path, *, affines: np.n
     writer = create_writer(output_path(out, fmt), fmt, (len(grid), *canvas), stack.dtype, stack.voxel_size,
                            names=names, ngff_version=cfg.output.ngff_version, provenance=provenance)
     with tqdm(total=len(grid), desc="even z", unit="slice", disable=not progress) as bar:
-        write_even_grid(stack, affines, canvas, grid, writer, order=cfg.warp.order, workers=workers,
+        write_even_grid(stack, maps, canvas, grid, writer, order=cfg.warp.order, workers=workers,
                         progress=bar.update)
     writer.close()
     seconds["even_z"] = time.perf_counter() - t0

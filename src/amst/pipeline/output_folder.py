@@ -109,7 +109,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 def run_entries(cfg: RunConfig, tiff_names: tuple[str, ...] | list[str] = ()) -> list[OwnedEntry]:
     fmt = cfg.output.out_format
     entries = [OwnedEntry(STATE_DIR, "state"), OwnedEntry("amst.log", "file"), OwnedEntry("config.yaml", "file"),
-               OwnedEntry("transforms.json", "file"),
+               OwnedEntry("transforms.json", "file"), OwnedEntry("transforms.fields.npy", "file"),
                stack_entry(output_name(cfg), fmt, cfg.output.pyramid_levels, tiff_names),
                OwnedEntry("report", "report")]
     if cfg.z_spacing.mode == "resample":

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from ..local_residual import NodeShifts
+
 #: Where a run's time goes, in the order the run prints them. Worker stages are the core
 #: seconds the workers spend; ``setup``, ``combine`` and ``finish`` run in the main process
 #: while the workers wait (wall seconds times the workers); ``idle`` is what remains of the
 #: workers' time in the parallel stages (a pool starting, the last blocks of a stage).
-STAGES = ("setup", "prealign", "read", "template", "register", "refine", "combine", "warp", "write", "z_spacing",
+STAGES = ("setup", "prealign", "read", "template", "register", "elastic", "refine", "combine", "warp", "write", "z_spacing",
           "even_z", "finish", "idle")
 
 #: The stages a worker times for each slice it registers or resamples.
@@ -32,31 +34,38 @@ def no_time() -> dict[str, float]:
 class SliceResult:
     """One slice's registration in one pass: its full output -> raw affine, its status
     (:data:`amst.transforms_io.STATUSES`), the metrics that go to ``transforms.json`` and the
-    seconds it took per stage."""
+    seconds it took per stage; with ``register.elastic`` on, the last pass also measures the
+    local displacements its affine left (``local``, :mod:`amst.local_residual`)."""
 
     index: int
     affine: np.ndarray
     status: str
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=no_time)
+    local: NodeShifts | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"index": self.index, "affine": np.asarray(self.affine).tolist(), "status": self.status,
-                           "metrics": self.metrics, "timings": self.timings})
+        doc = {"index": self.index, "affine": np.asarray(self.affine).tolist(), "status": self.status,
+               "metrics": self.metrics, "timings": self.timings}
+        if self.local is not None:
+            doc["local"] = self.local.to_json()
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> SliceResult:
         doc = json.loads(text)
+        local = NodeShifts.from_json(doc["local"]) if doc.get("local") else None
         return cls(int(doc["index"]), np.array(doc["affine"], np.float64), doc["status"], doc["metrics"],
-                   doc["timings"])
+                   doc["timings"], local)
 
     def copy(self) -> SliceResult:
-        return SliceResult(self.index, self.affine.copy(), self.status, dict(self.metrics), dict(self.timings))
+        return SliceResult(self.index, self.affine.copy(), self.status, dict(self.metrics), dict(self.timings),
+                           self.local)
 
 
 @dataclass
 class ResampledSlice:
-    """One slice resampled and written: the affine it was written with, the seconds per stage,
+    """One slice resampled and written: the affine (and field checksum) it was written with, the seconds per stage,
     and the byte sizes of the files that hold it (None for single-file outputs), which a
     resumed run checks before it trusts the slice (:mod:`amst.journal`)."""
 
@@ -64,15 +73,20 @@ class ResampledSlice:
     affine: np.ndarray
     timings: dict[str, float]
     output_bytes: list[int] | None = None
+    field_digest: str | None = None  # checksum of the slice's displacement field, None without one
 
     def to_json(self) -> str:
-        return json.dumps({"index": self.index, "affine": np.asarray(self.affine).tolist(), "timings": self.timings,
-                           "output_bytes": self.output_bytes})
+        doc = {"index": self.index, "affine": np.asarray(self.affine).tolist(), "timings": self.timings,
+               "output_bytes": self.output_bytes}
+        if self.field_digest is not None:
+            doc["field_digest"] = self.field_digest
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> ResampledSlice:
         doc = json.loads(text)
-        return cls(int(doc["index"]), np.array(doc["affine"], np.float64), doc["timings"], doc.get("output_bytes"))
+        return cls(int(doc["index"]), np.array(doc["affine"], np.float64), doc["timings"], doc.get("output_bytes"),
+                   doc.get("field_digest"))
 
 
 @dataclass

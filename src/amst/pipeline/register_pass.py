@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
+from ..field import FieldGrid
 from ..fallbacks import RunError
 from ..imageops import finite_float32, is_blank, nonfinite_count
+from ..local_residual import local_residual
 from ..register import Backend, RegistrationError, check_result, sampled_ncc
 from ..stack import Stack
 from ..template import TemplateWindow
@@ -119,9 +121,20 @@ def register_slice(job: RegisterJob, z: int, raw: np.ndarray, image: np.ndarray,
     the seconds go to ``timing["register"]``."""
     t0 = time.perf_counter()
     try:
-        return _register_slice(job, z, raw, image, template)
+        result = _register_slice(job, z, raw, image, template)
     finally:
         timing["register"] += time.perf_counter() - t0
+    elastic = job.cfg.register.elastic
+    if elastic.enabled and job.plan.index == job.cfg.register.passes and result.status == "ok":
+        t0 = time.perf_counter()
+        level = job.template_level
+        mask = np.isfinite(template)
+        registered = placed_float(image, at_level(result.affine, level), template.shape)
+        result.local = local_residual(registered, np.where(mask, template, 0), mask, level=level,
+                                      grid=FieldGrid.covering(job.canvas, elastic.spacing(job.canvas)),
+                                      affine=result.affine, iterations=elastic.iterations)
+        timing["elastic"] = timing.get("elastic", 0.0) + time.perf_counter() - t0
+    return result
 
 
 def _register_slice(job: RegisterJob, z: int, raw: np.ndarray, image: np.ndarray,

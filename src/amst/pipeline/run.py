@@ -20,13 +20,16 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import RunConfig, build_config, dump_yaml
+from ..elastic import ElasticDecision, elastic_fields
 from ..executors import make_executor, sigint_deferred
 from ..fallbacks import FallbackWatch
+from ..field import FieldGrid, field_rms_max
 from ..outdir import STATE_DIR, Ownership, atomic_write_text, mark_complete, mark_incomplete, write_ownership
 from ..parallel import default_workers
 from ..register import Backend, backend_for
 from ..stack import Stack, VoxelSize, check_output_fits, open_stack
 from ..transforms_io import STATUSES, SliceTransform, Transforms
+from ..warp import SliceMaps
 from ..zspacing.stackwise import with_depths
 from .blocks import block_size, blocks, map_blocks
 from .clock import StageClock
@@ -39,7 +42,7 @@ from .prealign_stage import run_prealignment
 from .refine import refine_corrections
 from .records import ResampledSlice, SliceResult
 from .register_pass import RegisterJob, register_block
-from .resample import ResampleJob, resample_block
+from .resample import ResampleJob, field_digest, resample_block
 
 log = logging.getLogger("amst")
 
@@ -234,11 +237,11 @@ def _align(run: _Run, t_setup: float) -> AlignResult:
     results, per_pass = _registration_passes(run, pre_tf, prealign_affines, canvas, level)
     # Each slice's final affine from its two measurements, then one resampling.
     combined = _combine_and_refine(run, results, pre_tf, prealign_affines, canvas, level, run.progress)
-    affines = np.array([r.affine for r in results])
-    per_pass.append(_resample(run, affines, canvas, spec, writer, created))
+    maps, elastic = _slice_maps(run, results, canvas)
+    per_pass.append(_resample(run, maps, canvas, spec, writer, created))
     depths = None
     if cfg.z_spacing.mode != "off":
-        depths, z_seconds = depths_and_even_z(stack, out, spec.path, affines=affines, canvas=canvas, cfg=cfg,
+        depths, z_seconds = depths_and_even_z(stack, out, spec.path, maps=maps, canvas=canvas, cfg=cfg,
                                               provenance=spec.provenance, ownership=ownership, workers=run.workers,
                                               progress=run.progress)
         for stage, wall in z_seconds.items():
@@ -246,7 +249,7 @@ def _align(run: _Run, t_setup: float) -> AlignResult:
 
     # transforms.json last: its presence marks a complete run.
     t_finish = time.perf_counter()
-    tf = _transforms(stack, pre_tf, results, canvas, combined, spec.path.name)
+    tf = _transforms(stack, pre_tf, results, canvas, combined, spec.path.name, maps, elastic)
     if depths is not None:
         tf = with_depths(tf, depths)
     clock.held("finish", time.perf_counter() - t_finish)
@@ -349,19 +352,39 @@ def _combine_and_refine(run: _Run, results: list[SliceResult], pre_tf: Transform
     return combined
 
 
-def _resample(run: _Run, affines: np.ndarray, canvas: tuple[int, int], spec: OutputSpec, writer: Any,
+def _slice_maps(run: _Run, results: list[SliceResult], canvas: tuple[int, int]
+                ) -> tuple[SliceMaps, ElasticDecision | None]:
+    """Each slice's final map: its affine, plus a displacement field where ``register.elastic``
+    finds a significant local distortion (:mod:`amst.elastic`)."""
+    affines = np.array([r.affine for r in results])
+    params = run.cfg.register.elastic
+    if not params.enabled:
+        return SliceMaps(affines), None
+    with run.clock.main("elastic"):
+        decision = elastic_fields([r.local for r in results], np.array([r.status == "ok" for r in results]),
+                                  radius=params.radius or run.cfg.template.median_radius,
+                                  significance=params.significance, min_shift_px=params.min_shift_px,
+                                  min_nodes=params.min_nodes)
+    grid = FieldGrid.covering(canvas, params.spacing(canvas))
+    log.info("elastic: %d slice(s) with a local distortion field%s", len(decision.fields),
+             (": " + ", ".join(map(str, sorted(decision.fields)[:20]))) if decision.fields else "")
+    return SliceMaps(affines, decision.fields, grid), decision
+
+
+def _resample(run: _Run, maps: SliceMaps, canvas: tuple[int, int], spec: OutputSpec, writer: Any,
               created: bool) -> int:
-    """Resample and write every slice not written yet with its final affine; returns how many were."""
+    """Resample and write every slice not written yet with its final map; returns how many were."""
     n = len(run.stack)
     journal = run.state / "journal"
     journal.mkdir(parents=True, exist_ok=True)
     with run.clock.main("setup"):  # what an earlier run left is checked
         done = read_journal(journal, n, ResampledSlice) if run.resuming else {}
-        done = {z: e for z, e in done.items() if np.allclose(e.affine, affines[z], rtol=0, atol=1e-12)}
+        done = {z: e for z, e in done.items() if np.allclose(e.affine, maps.affines[z], rtol=0, atol=1e-12)
+                and e.field_digest == field_digest(maps.fields.get(z))}
         if done:
             done = drop_missing_output(done, writer, journal, everything=created)
     todo = [z for z in range(n) if z not in done]
-    job = ResampleJob(run.stack, affines, canvas, run.cfg.warp.order, spec, journal)
+    job = ResampleJob(run.stack, maps, canvas, run.cfg.warp.order, spec, journal)
     with tqdm(total=n, initial=len(done), desc="resample", unit="slice", disable=not run.progress) as bar, \
             run.clock.workers():
         for entries in map_blocks(run.executor, resample_block, job,
@@ -373,20 +396,29 @@ def _resample(run: _Run, affines: np.ndarray, canvas: tuple[int, int], spec: Out
 
 
 def _transforms(stack: Stack, pre_tf: Transforms, results: list[SliceResult], canvas: tuple[int, int],
-                combined: dict[str, Any], output: str) -> Transforms:
-    """The run's ``transforms.json``: each slice's pre-alignment, final affine, status and metrics."""
+                combined: dict[str, Any], output: str, maps: SliceMaps,
+                elastic: ElasticDecision | None) -> Transforms:
+    """The run's ``transforms.json``: each slice's pre-alignment, final map, status and metrics."""
     slices = []
     for z, e in enumerate(results):
         pre = pre_tf.slices[z]
         metrics = {**pre.metrics, **e.metrics}
         if pre.status == "failed" and e.status == "ok":
             metrics["prealign_status"] = pre.status
-        slices.append(SliceTransform(z, stack.slice_name(z), pre.prealign, e.affine.copy(), e.status, metrics))
-    return Transforms(canvas, slices, stack.voxel_size,
-                      {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
-                       "combine": combined, "timings_per_slice_s": {}, "output": output,
-                       "input_provenance": stack.provenance()},
-                      input_shape_yx=tuple(int(v) for v in stack.shape[1:]))
+        field = maps.fields.get(z)
+        if field is not None:
+            metrics["field_rms_px"], metrics["field_max_px"] = field_rms_max(field, maps.grid, canvas)
+        slices.append(SliceTransform(z, stack.slice_name(z), pre.prealign, e.affine.copy(), e.status, metrics,
+                                     field=None if field is None else np.array(field, np.float64)))
+    extra = {"amst_version": __version__, "prealign_info": pre_tf.extra.get("prealign_info", {}),
+             "combine": combined, "timings_per_slice_s": {}, "output": output, "input_provenance": stack.provenance()}
+    if elastic is not None:
+        finite = elastic.sigma[np.isfinite(elastic.sigma)]
+        extra["elastic"] = {"slices_with_field": sorted(int(z) for z in maps.fields),
+                            "node_sigma_median_px": float(np.median(finite)) if finite.size else None,
+                            "grid": maps.grid.to_json()}
+    return Transforms(canvas, slices, stack.voxel_size, extra, input_shape_yx=tuple(int(v) for v in stack.shape[1:]),
+                      field_grid=maps.grid if maps.fields else None)
 
 
 def _log_summary(tf: Transforms) -> None:

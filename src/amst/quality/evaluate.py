@@ -48,6 +48,44 @@ def split_drift_jitter(displacement: np.ndarray, window: int = DRIFT_WINDOW) -> 
     return low, displacement - low
 
 
+def field_magnitudes(tf: Transforms) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice the RMS and largest magnitude (raw px) of its displacement field over the
+    canvas; 0 for slices without one."""
+    from ..field import field_rms_max
+
+    rms, mx = np.zeros(len(tf.slices)), np.zeros(len(tf.slices))
+    for z, s in enumerate(tf.slices):
+        if s.field is not None:
+            rms[z], mx[z] = field_rms_max(s.field, tf.field_grid, tf.canvas_shape_yx)
+    return rms, mx
+
+
+def field_summary(tf: Transforms, rms: np.ndarray, mx: np.ndarray) -> dict[str, Any]:
+    """The ``fields`` entry of the evaluation summary: which slices carry a local correction
+    and how large it is (px), largest first."""
+    with_field = [z for z, s in enumerate(tf.slices) if s.field is not None]
+    order = sorted(with_field, key=lambda z: -mx[z])
+    return {"slices_with_field": len(with_field),
+            "rms_px_median_all": float(np.median(rms)), "rms_px_max": float(rms.max()), "max_px": float(mx.max()),
+            "grid": tf.field_grid.to_json(),
+            "slices": [{"index": z, "name": tf.slices[z].name, "rms_px": float(rms[z]), "max_px": float(mx[z])}
+                       for z in order]}
+
+
+def full_maps(tf: Transforms, truth: dict[str, Any]) -> dict[str, Any]:
+    """The ``output_to_raw`` / ``raw_to_volume`` point maps of :func:`slice_errors` for a run
+    with displacement fields and a truth with local distortions (neither when absent)."""
+    from ..point_map import map_points
+    from ..synth import ground_truth_points
+
+    out: dict[str, Any] = {}
+    if tf.has_fields:
+        out["output_to_raw"] = lambda z, pts: map_points(tf, z, pts)
+    if any(v is not None for v in truth.get("local", ())):
+        out["raw_to_volume"] = lambda z, raw: ground_truth_points(truth, z, raw)
+    return out
+
+
 def check_truth_matches(tf: Transforms, truth: dict[str, Any], transforms_path: str | Path,
                         truth_path: str | Path) -> None:
     """Refuse ground truth that belongs to another stack than the one the run aligned.
@@ -147,10 +185,15 @@ def evaluate_run(run: str | Path, truth: str | Path | None = None, crops: list[C
         **{f"shift_crop{k}_xy_px": r.tolist() for k, r in enumerate(sw.shift_xy)},
         **{k: v.tolist() for k, v in transform_parameters(tf).items()},
     }
+    if tf.has_fields:
+        field_rms, field_max = field_magnitudes(tf)
+        per_slice.update({"field_rms_px": field_rms.tolist(), "field_max_px": field_max.tolist()})
+        summary["fields"] = field_summary(tf, field_rms, field_max)
     if truth_doc is not None:
         raw_shape = tuple(truth_doc["shape_zyx"][1:])
         exclude = np.array([s in ("blank",) for s in statuses])
-        err = slice_errors(tf.affines, truth_doc["maps"], tf.canvas_shape_yx, raw_shape, exclude=exclude)
+        err = slice_errors(tf.affines, truth_doc["maps"], tf.canvas_shape_yx, raw_shape, exclude=exclude,
+                           **full_maps(tf, truth_doc))
         drift, jitter = split_drift_jitter(err["displacement_centre"])
         nm = pixel_nm or float("nan")
         per_slice.update({"gt_rms_px": err["rms"].tolist(), "gt_max_px": err["max"].tolist(),

@@ -9,9 +9,14 @@ best fits all slices (robustly: the element-wise median of the slices' maps).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..transform import apply_to_points, compose, invert
+
+#: ``(z, points_xy) -> points_xy``: one slice's map of (n, 2) points.
+PointMap = Callable[[int, np.ndarray], np.ndarray]
 
 
 def output_to_volume(affines: np.ndarray, gt_maps: np.ndarray) -> np.ndarray:
@@ -43,7 +48,8 @@ def sample_points(canvas_shape_yx: tuple[int, int], affine: np.ndarray | None = 
 
 
 def slice_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tuple[int, int],
-                 raw_shape_yx: tuple[int, int], step: int = 16, exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 raw_shape_yx: tuple[int, int], step: int = 16, exclude: np.ndarray | None = None, *,
+                 output_to_raw: PointMap | None = None, raw_to_volume: PointMap | None = None) -> dict[str, np.ndarray]:
     """Per-slice ground-truth error after removing the best global affine.
 
     Parameters
@@ -52,6 +58,15 @@ def slice_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tupl
     gt_maps : (n, 2, 3) raw -> volume ground truth
     canvas_shape_yx, raw_shape_yx : shapes of the output canvas and the raw slices
     exclude : (n,) bool, slices left out of the global fit (e.g. blank)
+    output_to_raw : callable, optional
+        ``(z, points_xy) -> raw_xy``, the alignment's full map when it has more than the
+        affines (displacement fields: :func:`amst.map_points`).
+    raw_to_volume : callable, optional
+        ``(z, raw_xy) -> volume_xy``, the truth's full map when it has more than the affines
+        (local distortions: :func:`amst.synth.ground_truth_points`).
+
+    The global transform stays the median of the affine composites; the error at a point
+    is taken through the full maps.
 
     Returns
     -------
@@ -73,7 +88,12 @@ def slice_errors(affines: np.ndarray, gt_maps: np.ndarray, canvas_shape_yx: tupl
         if len(pts) == 0:
             rms[z] = mx[z] = np.nan
             continue
-        d = apply_to_points(comp[z], pts) - apply_to_points(global_map, pts)
+        if output_to_raw is None and raw_to_volume is None:
+            at_volume = apply_to_points(comp[z], pts)
+        else:
+            raw = output_to_raw(z, pts) if output_to_raw else apply_to_points(affines[z], pts)
+            at_volume = raw_to_volume(z, raw) if raw_to_volume else apply_to_points(gt_maps[z], raw)
+        d = at_volume - apply_to_points(global_map, pts)
         r = np.linalg.norm(d, axis=1)
         rms[z], mx[z] = float(np.sqrt(np.mean(r ** 2))), float(r.max())
         c = apply_to_points(invert(affines[z]), np.array([[(rw - 1) / 2, (rh - 1) / 2]]))

@@ -150,3 +150,98 @@ def plot_z_spacing(thickness_nm: np.ndarray, sd_nm: np.ndarray, nominal_nm: floa
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_field_metrics(rms_px: np.ndarray, max_px: np.ndarray, statuses: list[str], path: Path,
+                       pixel_nm: float | None = None) -> None:
+    """RMS and largest magnitude of each slice's displacement field along z (0: no field).
+
+    Parameters
+    ----------
+    rms_px, max_px : (n,) arrays
+        Per slice, in raw pixels; NaN or 0 where a slice has no field.
+    statuses : list of str
+        Per-slice status, for the flag marks.
+    path : Path
+        The PNG to write.
+    pixel_nm : float, optional
+        Pixel size: adds an axis in nm on the right.
+    """
+    rms = np.nan_to_num(np.asarray(rms_px, np.float64))
+    big = np.nan_to_num(np.asarray(max_px, np.float64))
+    z = np.arange(len(rms))
+    has = big > 0
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.plot(z, big, lw=0.8, color="tab:red", label="max")
+    ax.plot(z, rms, lw=0.8, color="tab:blue", label="RMS")
+    ax.plot(z[has], big[has], "o", ms=3, color="tab:red")
+    ax.plot(z[has], rms[has], "o", ms=3, color="tab:blue")
+    ax.set_ylim(bottom=0, top=max(1.0, float(big.max(initial=0.0))) * 1.1)
+    ax.set_xlim(-0.5, max(len(rms) - 0.5, 0.5))
+    ax.set_ylabel("local field (px)")
+    ax.set_xlabel("slice")
+    ax.set_title("Local correction (elastic field) per slice; 0: the affine alone")
+    ax.legend(fontsize=8, loc="upper right")
+    if pixel_nm:
+        ax.secondary_yaxis("right", functions=(lambda v: v * pixel_nm, lambda v: v / pixel_nm)).set_ylabel("nm")
+    _mark_flags(ax, statuses)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_field_map(values: np.ndarray, grid, canvas_shape_yx: tuple[int, int], path: Path, title: str = "",
+                   max_side: int = 800, max_arrows: int = 40) -> None:
+    """One slice's displacement field on the output canvas: its magnitude in colour (colour
+    bar in px) and arrows at the grid nodes (direction of the field; lengths enlarged).
+
+    Parameters
+    ----------
+    values : (gh, gw, 2) array
+        Displacement (dx, dy) in raw pixels at the nodes.
+    grid : amst.field.FieldGrid
+        Where the nodes lie.
+    canvas_shape_yx : (int, int)
+        The output canvas.
+    path : Path
+        The PNG to write.
+    title : str
+    max_side : int
+        The magnitude is evaluated on at most this many pixels along the longer side.
+    max_arrows : int
+        At most this many arrows along each axis (every k-th node beyond).
+    """
+    from ..field import FieldGrid, dense_field
+
+    h, w = (int(v) for v in canvas_shape_yx)
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    # Sampling every `step` px is the dense field of a grid `step` times finer in pixel units.
+    coarse = FieldGrid(grid.spacing_px / step, grid.shape_yx)
+    d = dense_field(values, coarse, (int(np.ceil(h / step)), int(np.ceil(w / step))))
+    mag = np.linalg.norm(d, axis=-1)
+    fig_w = 7.5
+    fig, ax = plt.subplots(figsize=(fig_w, max(2.5, min(9, fig_w * h / max(w, 1)))))
+    im = ax.imshow(mag, cmap="magma", extent=(0, w, h, 0), interpolation="bilinear", vmin=0,
+                   vmax=max(float(mag.max()), 1e-6))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("field magnitude (px)")
+    nodes = grid.nodes_xy()
+    gh, gw = grid.shape_yx
+    sy, sx = max(1, int(np.ceil(gh / max_arrows))), max(1, int(np.ceil(gw / max_arrows)))
+    v = np.asarray(values, np.float64)[::sy, ::sx]
+    p = nodes[::sy, ::sx]
+    inside = (p[..., 0] <= w - 1 + 1e-9) & (p[..., 1] <= h - 1 + 1e-9)
+    longest = float(np.linalg.norm(v, axis=-1).max(initial=0.0))
+    if longest > 0:
+        # Arrows in the image's own axes (y down), as the field is given; the longest spans
+        # 0.9 of the spacing between the arrows shown.
+        scale = longest / (0.9 * grid.spacing_px * min(sx, sy))
+        ax.quiver(p[..., 0][inside], p[..., 1][inside], v[..., 0][inside], v[..., 1][inside], color="cyan",
+                  angles="xy", scale_units="xy", scale=scale, pivot="tail", width=0.004)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

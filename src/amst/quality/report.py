@@ -11,7 +11,15 @@ import numpy as np
 from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
 from .flags import record_flags
-from .plots import plot_ground_truth, plot_residual, plot_transforms, plot_z_spacing, save_reslice
+from .plots import (
+    plot_field_map,
+    plot_field_metrics,
+    plot_ground_truth,
+    plot_residual,
+    plot_transforms,
+    plot_z_spacing,
+    save_reslice,
+)
 from .residual import MIN_FINITE_FRACTION
 
 _CSS = """
@@ -120,6 +128,82 @@ def _z_spacing_section(ev: Evaluation, out: Path) -> str:
             + "</figcaption></figure>")
 
 
+#: Slices of the elastic section's table; the others are counted below it.
+FIELD_TABLE_ROWS = 20
+
+
+def _field_figures(ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice RMS and largest magnitude (raw px) of the displacement fields; 0 without a field.
+
+    The run records them as ``metrics.field_rms_px`` / ``field_max_px``; a slice whose
+    metrics lack them is measured here.
+    """
+    from ..field import field_rms_max
+
+    tf = ev.transforms
+    rms, big = np.zeros(len(tf.slices)), np.zeros(len(tf.slices))
+    for z, sl in enumerate(tf.slices):
+        if sl.field is None:
+            continue
+        r, m = sl.metrics.get("field_rms_px"), sl.metrics.get("field_max_px")
+        if r is None or m is None:
+            r, m = field_rms_max(sl.field, tf.field_grid, tf.canvas_shape_yx)
+        rms[z], big[z] = float(r), float(m)
+    return rms, big
+
+
+def _elastic_section(ev: Evaluation, out: Path) -> str:
+    """The elastic refinement: which slices got a local displacement field, how large, and a
+    picture of the largest. Empty when the elastic stage was off; one line when it found nothing."""
+    tf = ev.transforms
+    title = "<h2>Elastic refinement (local fields)</h2>"
+    if not tf.has_fields:
+        if tf.extra.get("elastic") is None:
+            return ""
+        return (title + "<p class='note'>The elastic stage was on and found no slice with a significant local "
+                "distortion: every slice keeps its affine alone.</p>")
+    rms, big = _field_figures(ev)
+    with_field = [z for z, sl in enumerate(tf.slices) if sl.field is not None]
+    n, k = len(tf.slices), len(with_field)
+    pixel_nm = ev.summary.get("pixel_nm")
+
+    def amount(px: float) -> str:
+        return f"{px:.2f} px" + (f" ({px * pixel_nm:.1f} nm)" if pixel_nm else "")
+
+    order = sorted(with_field, key=lambda z: (-big[z], -rms[z], z))
+    top = order[0]
+    grid = tf.field_grid
+    sigma = (tf.extra.get("elastic") or {}).get("node_sigma_median_px")
+    text = (f"{k} of {n} slice(s) got a local correction on top of their affine: a smooth displacement field on "
+            f"a grid of {grid.shape_yx[0]} x {grid.shape_yx[1]} nodes every {grid.spacing_px:.0f} px. "
+            f"Field RMS over the slice: median {amount(float(np.median(rms[with_field])))}, largest "
+            f"{amount(float(rms[with_field].max()))}; largest displacement: median "
+            f"{amount(float(np.median(big[with_field])))}, largest {amount(float(big[top]))} "
+            f"(slice {top}, {tf.slices[top].name}). "
+            "A field means the affine alone left a significant local jump to the neighbouring slices at that "
+            "place in that slice (a distortion the neighbours do not share); the field removes it there, in "
+            "that slice only. The sample's structure is not moved elsewhere: slices without a field keep "
+            "their affine alone."
+            + (f" Typical measurement noise of a node: {amount(float(sigma))}." if sigma is not None else ""))
+    rows = "".join(f"<tr><td>{z}</td><td style='text-align:left'>{html.escape(tf.slices[z].name)}</td>"
+                   f"<td>{rms[z]:.2f}</td><td>{big[z]:.2f}</td></tr>" for z in order[:FIELD_TABLE_ROWS])
+    more = (f"<p class='note'>... and {k - FIELD_TABLE_ROWS} more slice(s) with a field (all in "
+            "transforms.json, metrics field_rms_px / field_max_px).</p>" if k > FIELD_TABLE_ROWS else "")
+    plot_field_metrics(rms, big, ev.per_slice["status"], out / "elastic_fields.png", pixel_nm)
+    plot_field_map(tf.slices[top].field, grid, tf.canvas_shape_yx, out / "elastic_largest.png",
+                   f"Largest local field: slice {top} ({tf.slices[top].name}), max {big[top]:.2f} px")
+    return (title + f"<p>{html.escape(text)}</p>"
+            "<table><tr><th>slice</th><th>name</th><th>RMS (px)</th><th>max (px)</th></tr>"
+            f"{rows}</table>{more}"
+            "<figure><img src='elastic_fields.png' alt='elastic fields per slice'><figcaption class='note'>"
+            "RMS and largest magnitude of each slice's local field along z; 0 where a slice has none."
+            "</figcaption></figure>"
+            "<figure><img src='elastic_largest.png' alt='largest elastic field'><figcaption class='note'>"
+            f"The largest field (slice {top}) on the output canvas: colour is how far (px) the field moves the "
+            "image content at each place; arrows at the grid nodes show the field's direction (raw position = "
+            "affine + field), their lengths enlarged to be seen.</figcaption></figure>")
+
+
 def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluation | None = None) -> Path:
     """Write ``run/report/index.html`` (plus PNGs and ``evaluation.json``) and return its path.
 
@@ -151,6 +235,7 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
         plot_ground_truth(ev.per_slice, statuses, out / "ground_truth.png")
         figures.insert(0, ("ground_truth.png", "Error against the synthetic ground truth."))
     z_section = _z_spacing_section(ev, out)
+    elastic_section = _elastic_section(ev, out)
     kind, verdict = _verdict(ev)
     cards = [("Slices", s["slices"]), ("Aligned (ok)", s["status_counts"]["ok"]),
              ("Fallback / blank / failed", f"{s['status_counts']['fallback']} / {s['status_counts']['blank']} / "
@@ -165,6 +250,8 @@ def build_report(run: str | Path, truth: str | Path | None = None, ev: Evaluatio
     if "ground_truth" in s:
         g = s["ground_truth"]
         cards.append(("GT error median / p95", f"{g['rms_px_median']:.3f} / {g['rms_px_p95']:.3f} px"))
+    if ev.transforms.has_fields:
+        cards.append(("Slices with a local field", sum(sl.field is not None for sl in ev.transforms.slices)))
     t = s.get("timings_per_slice_s") or {}
     if t:
         cards.append(("Time per slice", f"{sum(t.values()):.2f} core-s"))
@@ -190,7 +277,7 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 <img src="reslice_xz.png" alt="xz reslice"><img src="reslice_yz.png" alt="yz reslice">
 <h2>Flagged slices ({len(flagged)})</h2>
 {'<table><tr><th>slice</th><th>name</th><th>status</th><th>reason</th></tr>' + rows + '</table>' if flagged else '<p>None.</p>'}
-{z_section}{_nonfinite_section(ev)}<h2>Time per slice (core-s: seconds times the cores the run held)</h2><table>{timing_rows}</table>
+{elastic_section}{z_section}{_nonfinite_section(ev)}<h2>Time per slice (core-s: seconds times the cores the run held)</h2><table>{timing_rows}</table>
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
     (out / "index.html").write_text(body)

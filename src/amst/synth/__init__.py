@@ -27,10 +27,12 @@ from ..transform import to_list
 from .milling import MillingParams, slice_depths
 from .acquisition import (AcquisitionParams, Curtains, SliceAcquisition, add_noise, autofocus_runs,
                           simulate_acquisition)
+from .local import LocalDistortion, raw_to_volume_points
 from .phantom import Phantom, PhantomParams
 from .volume import VolumeContent
 
-__all__ = ["PRESETS", "SynthConfig", "synthesize", "load_ground_truth", "Phantom", "AcquisitionParams"]
+__all__ = ["PRESETS", "SynthConfig", "synthesize", "load_ground_truth", "ground_truth_points", "Phantom",
+           "AcquisitionParams", "LocalDistortion"]
 
 _NO_ARTEFACTS = dict(dose=0.0, read_noise=0.0, flicker_gain=0.0, flicker_offset=0.0, curtains_per_1000px=0.0)
 
@@ -39,6 +41,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fibsem-nomarks": {"phantom": {"marks": False}, "acquisition": {}},
     # Distortions only (no noise, flicker, curtains): for exactness checks.
     "ideal": {"phantom": {"marks": True}, "acquisition": _NO_ARTEFACTS},
+    # Every auto-focus event also displaces an irradiated region locally (amst.synth.local).
+    "fibsem-elastic": {"phantom": {"marks": True}, "acquisition": {"local_probability": 1.0}},
 }
 
 _DTYPE_RANGE = {"uint8": (15.0, 220.0), "uint16": (4000.0, 56000.0), "float32": (0.0, 1.0)}
@@ -145,17 +149,20 @@ class _Renderer:
         self.curtains = Curtains(self.extent, self.params, cfg.seed, self.phantom.cap_y)
         self.depths = cfg.depths()
 
-    def clean(self, z: int, raw_to_volume: np.ndarray) -> np.ndarray:
-        return self.phantom.render(raw_to_volume, float(self.depths[z]), self.cfg.shape[1:])
+    def clean(self, z: int, raw_to_volume: np.ndarray, local: LocalDistortion | None = None) -> np.ndarray:
+        return self.phantom.render(raw_to_volume, float(self.depths[z]), self.cfg.shape[1:], local)
 
     def raw(self, z: int, acq: SliceAcquisition) -> np.ndarray:
-        img = self.clean(z, acq.raw_to_volume)
+        img = self.clean(z, acq.raw_to_volume, acq.local)
         if self.params.curtains_per_1000px > 0:
             h, w = self.cfg.shape[1:]
             gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
             m = acq.raw_to_volume
-            img *= self.curtains.factor(m[0, 0] * gx + m[0, 1] * gy + m[0, 2],
-                                        m[1, 0] * gx + m[1, 1] * gy + m[1, 2], float(self.depths[z]))
+            x, y = m[0, 0] * gx + m[0, 1] * gy + m[0, 2], m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+            if acq.local is not None:  # curtains are fixed to the sample: they move with it
+                dx, dy = acq.local.displacement(gx, gy)
+                x, y = x + dx, y + dy
+            img *= self.curtains.factor(x, y, float(self.depths[z]))
         img = add_noise(img, self.params, np.random.default_rng([self.cfg.seed, 3, z]))
         return acq.gain * img + acq.offset
 
@@ -319,7 +326,8 @@ def ground_truth_document(cfg: SynthConfig, acq: list[SliceAcquisition], names: 
         **_milling_record(cfg),
         "slices": [
             {"index": z, "name": names[z], "map": to_list(a.raw_to_volume), "events": a.events,
-             "gain": a.gain, "offset": a.offset, **depth_of(z)}
+             "gain": a.gain, "offset": a.offset, **depth_of(z),
+             **({"local": a.local.to_json()} if a.local is not None else {})}
             for z, a in enumerate(acq)
         ],
     }
@@ -334,10 +342,30 @@ def _milling_record(cfg: SynthConfig) -> dict[str, Any]:
 
 
 def load_ground_truth(path: str | Path) -> dict[str, Any]:
-    """Read ``ground_truth.json`` and return it with ``maps`` as an (n, 2, 3) array."""
+    """Read ``ground_truth.json`` and return it with ``maps`` as an (n, 2, 3) array and
+    ``local`` as a list of each slice's :class:`~amst.synth.local.LocalDistortion` or None."""
     doc = json.loads(Path(path).read_text())
     if doc.get("format") != "amst-ground-truth":
         raise ValueError(f"{path}: not an amst ground-truth file (format={doc.get('format')!r})")
     doc["maps"] = np.array([s["map"] for s in doc["slices"]], dtype=np.float64)
+    try:
+        doc["local"] = [LocalDistortion.from_json(s["local"]) if "local" in s else None for s in doc["slices"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: a slice's 'local' entry is not a local distortion this amst reads ({exc})") from exc
     return doc
+
+
+def ground_truth_points(doc: dict[str, Any], z: int, raw_xy: np.ndarray) -> np.ndarray:
+    """The exact volume positions (n, 2) that raw pixels ``raw_xy`` (n, 2) of slice ``z`` show.
+
+    Parameters
+    ----------
+    doc : dict
+        As :func:`load_ground_truth` returns it.
+    z : int
+    raw_xy : (n, 2) array
+        Raw pixel positions (x, y).
+    """
+    local = doc["local"][z] if "local" in doc else None
+    return raw_to_volume_points(doc["maps"][z], local, raw_xy)
 

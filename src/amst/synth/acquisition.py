@@ -7,7 +7,9 @@ distance from the top, as in the paper's Fig. 2), brightness/contrast flicker, a
 curtaining streaks that persist over many slices. Noise is Poisson shot noise plus
 Gaussian read noise. ``autofocus_at`` adds auto-focus events at chosen slices (the stack's
 first or last slices, say), drawn from their own random stream, so that the rest of the
-acquisition, and the bytes of a stack without them, stay the same.
+acquisition, and the bytes of a stack without them, stay the same. ``local_probability``
+gives auto-focus events a non-uniform part as well, a smooth local displacement
+(:mod:`amst.synth.local`), also from its own stream.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .local import LocalDistortion, draw_local_distortions
 
 
 @dataclass
@@ -39,13 +43,24 @@ class AcquisitionParams:
     # Slices that get an auto-focus event on top of the random ones; consecutive slices form
     # one event (its scale decays along it, as in a random one).
     autofocus_at: tuple[int, ...] = ()
+    # Non-uniform part of an auto-focus event (amst.synth.local): the chance that an event
+    # also displaces an irradiated region, the displacement at its centre (px), its size
+    # (sigma, fraction of the smaller side) and where its centre may lie (middle fraction).
+    local_probability: float = 0.0
+    local_shift: tuple[float, float] = (1.0, 3.0)
+    local_size: tuple[float, float] = (0.08, 0.2)
+    local_region: float = 0.6
 
     def to_dict(self) -> dict:
-        """The parameters as a plain dict; ``autofocus_at`` only when set (ground_truth.json
-        of a stack without placed events stays byte for byte the same)."""
+        """The parameters as a plain dict; ``autofocus_at`` only when set and the ``local_*``
+        ones only when local distortions are on (ground_truth.json of a stack without them
+        stays byte for byte the same)."""
         out = asdict(self)
         if not self.autofocus_at:
             del out["autofocus_at"]
+        if self.local_probability <= 0:
+            for key in ("local_probability", "local_shift", "local_size", "local_region"):
+                del out[key]
         return out
 
 
@@ -57,6 +72,7 @@ class SliceAcquisition:
     gain: float
     offset: float
     events: list[str]
+    local: LocalDistortion | None = None  # the non-affine part of an auto-focus event
 
 
 def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: AcquisitionParams,
@@ -102,6 +118,9 @@ def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: Acqui
     if p.autofocus_at:
         _place_autofocus(linear, af_at, p, seed)
 
+    local = draw_local_distortions(autofocus_runs(np.flatnonzero(af_at), n_slices), n_slices, shape_yx,
+                                   probability=p.local_probability, shift_px=p.local_shift, size=p.local_size,
+                                   region=p.local_region, seed=seed)
     centre = np.array([w / 2.0, 0.0])  # the beam is focused on the top (the marks)
     gains = 1.0 + rng.normal(0, p.flicker_gain, n_slices)
     offsets = rng.normal(0, p.flicker_offset, n_slices)
@@ -110,8 +129,9 @@ def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: Acqui
         m = np.zeros((2, 3))
         m[:, :2] = linear[z]
         m[:, 2] = centre - linear[z] @ centre + shift[z]
-        events = (["autofocus"] if af_at[z] else []) + (["jump"] if jump_at[z] else [])
-        out.append(SliceAcquisition(m, float(gains[z]), float(offsets[z]), events))
+        events = ((["autofocus"] if af_at[z] else []) + (["local"] if local[z] is not None else [])
+                  + (["jump"] if jump_at[z] else []))
+        out.append(SliceAcquisition(m, float(gains[z]), float(offsets[z]), events, local[z]))
     return out
 
 

@@ -19,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from ..transform import apply_to_points, invert
+from .local import LocalDistortion
 
 
 @dataclass
@@ -181,7 +182,8 @@ class Phantom:
         boundary = (second - first) / (2.0 * np.maximum(sep, 1e-6))
         return l1, boundary
 
-    def render(self, raw_to_volume: np.ndarray, z: float, shape_yx: tuple[int, int]) -> np.ndarray:
+    def render(self, raw_to_volume: np.ndarray, z: float, shape_yx: tuple[int, int],
+               local: LocalDistortion | None = None) -> np.ndarray:
         """Sample the clean phantom for one raw slice.
 
         Parameters
@@ -191,6 +193,8 @@ class Phantom:
         z : float
             Volume depth of the slice (isotropic pixels).
         shape_yx : tuple of int
+        local : LocalDistortion, optional
+            A local displacement added to the affine map (a non-uniform auto-focus event).
 
         Returns
         -------
@@ -203,6 +207,10 @@ class Phantom:
         gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
         x = (m[0, 0] * gx + m[0, 1] * gy + m[0, 2]).astype(np.float32)
         y = (m[1, 0] * gx + m[1, 1] * gy + m[1, 2]).astype(np.float32)
+        reach = 0.0
+        if local is not None:
+            dx, dy = local.displacement(gx, gy)
+            x, y, reach = x + dx, y + dy, local.amplitude_px
 
         # A smooth domain warp bends the Voronoi facets into curved membranes.
         bend = 0.25 * p.cell_size
@@ -222,8 +230,8 @@ class Phantom:
         img -= 0.42 * _line(boundary, p.membrane_sigma) * (1 - 0.5 * resin)
 
         self._draw_nuclei(img, x, y, z, label, fine, blotch)
-        self._draw_mitos(img, x, y, z, m, (h, w), label)
-        self._draw_vesicles(img, x, y, z, m, (h, w))
+        self._draw_mitos(img, x, y, z, m, (h, w), reach)
+        self._draw_vesicles(img, x, y, z, m, (h, w), reach)
         self._draw_cap(img, x, y, fine)
         return img
 
@@ -258,14 +266,14 @@ class Phantom:
             envelope = 0.3 * (_line(d - 1.5, 1.0) + _line(d + 2.5, 1.0))
             img[mask] = img[mask] * (1 - 0.12 * inside) - hetero - envelope
 
-    def _draw_mitos(self, img, x, y, z, m, shape, label) -> None:
+    def _draw_mitos(self, img, x, y, z, m, shape, reach) -> None:
         if not len(self.mitos):
             return
         a, b, r = self.mitos[:, 0:3], self.mitos[:, 3:6], self.mitos[:, 6]
         zlo, zhi = np.minimum(a[:, 2], b[:, 2]) - r, np.maximum(a[:, 2], b[:, 2]) + r
         for i in np.flatnonzero((zlo < z) & (zhi > z)):
-            lo = np.minimum(a[i, :2], b[i, :2]) - r[i] - 3
-            hi = np.maximum(a[i, :2], b[i, :2]) + r[i] + 3
+            lo = np.minimum(a[i, :2], b[i, :2]) - r[i] - 3 - reach
+            hi = np.maximum(a[i, :2], b[i, :2]) + r[i] + 3 + reach
             win = self._bbox(m, shape, lo, hi)
             if win is None:
                 continue
@@ -282,13 +290,13 @@ class Phantom:
             sub = img[win]
             sub[...] = sub * (1 - 0.45 * inside) - 0.18 * cristae * inside - 0.3 * _line(dist, 1.1)
 
-    def _draw_vesicles(self, img, x, y, z, m, shape) -> None:
+    def _draw_vesicles(self, img, x, y, z, m, shape, reach) -> None:
         if not len(self.vesicles):
             return
         c, r = self.vesicles[:, :3], self.vesicles[:, 3]
         for i in np.flatnonzero(np.abs(c[:, 2] - z) < r):
             r2d = np.sqrt(r[i] ** 2 - (z - c[i, 2]) ** 2)
-            win = self._bbox(m, shape, c[i, :2] - r2d - 3, c[i, :2] + r2d + 3)
+            win = self._bbox(m, shape, c[i, :2] - r2d - 3 - reach, c[i, :2] + r2d + 3 + reach)
             if win is None:
                 continue
             dist = np.hypot(x[win] - c[i, 0], y[win] - c[i, 1]) - r2d

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates, spline_filter
 
 from ..stack import Stack, StackError, open_stack
+from .local import LocalDistortion
 from .phantom import draw_cap, make_marks
 
 __all__ = ["VolumeContent", "open_source_volume", "source_step_px", "volume_defaults"]
@@ -135,7 +136,8 @@ class VolumeContent:
             out[idx] = out.get(idx, 0.0) + wgt
         return list(out.items())
 
-    def render(self, raw_to_volume: np.ndarray, z: float, shape_yx: tuple[int, int]) -> np.ndarray:
+    def render(self, raw_to_volume: np.ndarray, z: float, shape_yx: tuple[int, int],
+               local: LocalDistortion | None = None) -> np.ndarray:
         """Sample the content for one raw slice.
 
         Parameters
@@ -145,6 +147,8 @@ class VolumeContent:
         z : float
             Volume depth of the slice (xy pixels).
         shape_yx : tuple of int
+        local : LocalDistortion, optional
+            A local displacement added to the affine map (a non-uniform auto-focus event).
 
         Returns
         -------
@@ -157,6 +161,9 @@ class VolumeContent:
         gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
         x = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
         y = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+        if local is not None:
+            dx, dy = local.displacement(gx, gy)
+            x, y = x + dx, y + dy
         coords = np.stack([y + self.offset_xy[1], x + self.offset_xy[0]])
         img = np.zeros((h, w), np.float64)
         for idx, weight in self._source_weights(z):

@@ -12,7 +12,7 @@ import numpy as np
 from ..parallel import ordered_map
 from ..stack import Stack, VoxelSize
 from ..transforms_io import Transforms
-from ..warp import warp_slice
+from ..warp import SliceMaps
 from .estimate import ZSpacing, ZSpacingParams, estimate_depths
 from .grid import GridSlice, even_grid
 
@@ -69,7 +69,7 @@ def grid_for(tf: Transforms, step_nm: float | None = None) -> list[GridSlice]:
     return even_grid(z, float(step))
 
 
-def _even_slice(stack: Stack, *, affines: np.ndarray, canvas: tuple[int, int], cell: GridSlice, order: str,
+def _even_slice(stack: Stack, *, maps: SliceMaps, canvas: tuple[int, int], cell: GridSlice, order: str,
                 warped: dict[int, np.ndarray]) -> np.ndarray:
     """One output slice of the even grid; ``warped`` caches the float aligned slices of the last blend.
 
@@ -80,10 +80,10 @@ def _even_slice(stack: Stack, *, affines: np.ndarray, canvas: tuple[int, int], c
     for z in [k for k in warped if k not in {p for p, _ in parts}]:
         del warped[z]
     if len(parts) == 1:
-        return warp_slice(stack.read(parts[0][0]), affines[parts[0][0]], canvas, order)
+        return maps.warp(parts[0][0], stack.read(parts[0][0]), canvas, order)
     for z, _ in parts:
         if z not in warped:
-            warped[z] = warp_slice(stack.read(z).astype(np.float32), affines[z], canvas, order)
+            warped[z] = maps.warp(z, stack.read(z).astype(np.float32), canvas, order)
     blend = sum(w * warped[z] for z, w in parts)
     dtype = np.dtype(stack.dtype)
     if np.issubdtype(dtype, np.integer):
@@ -92,12 +92,12 @@ def _even_slice(stack: Stack, *, affines: np.ndarray, canvas: tuple[int, int], c
     return blend.astype(dtype)
 
 
-def write_even_grid(stack: Stack, affines: np.ndarray, canvas: tuple[int, int], grid: list[GridSlice], writer: Any,
+def write_even_grid(stack: Stack, maps: SliceMaps, canvas: tuple[int, int], grid: list[GridSlice], writer: Any,
                     *, order: str = "cubic", workers: int = 1, progress: Callable[[int], None] | None = None) -> None:
     """Write each output slice of ``grid`` from the raw slices: one in-plane resampling, then the z blend.
 
     Work is split into runs of consecutive output slices, so that each run warps each raw
-    slice it needs once.
+    slice it needs once. ``maps``: every raw slice's affine and field (:class:`amst.warp.SliceMaps`).
     """
     size = max(1, int(np.ceil(len(grid) / max(1, 4 * workers))))
     runs = [grid[i:i + size] for i in range(0, len(grid), size)]
@@ -105,7 +105,7 @@ def write_even_grid(stack: Stack, affines: np.ndarray, canvas: tuple[int, int], 
     def one(run: list[GridSlice]) -> int:
         warped: dict[int, np.ndarray] = {}
         for cell in run:
-            writer.write(cell.index, _even_slice(stack, affines=affines, canvas=canvas, cell=cell, order=order,
+            writer.write(cell.index, _even_slice(stack, maps=maps, canvas=canvas, cell=cell, order=order,
                                                  warped=warped))
         return len(run)
 
