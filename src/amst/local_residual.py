@@ -60,7 +60,7 @@ class NodeShifts:
 
 def local_residual(registered: np.ndarray, template: np.ndarray, mask: np.ndarray, *, grid: FieldGrid,
                    level: int, affine: np.ndarray, iterations: int = 4,
-                   min_coverage: float = 0.5) -> NodeShifts:
+                   min_coverage: float = 0.9) -> NodeShifts:
     """Local displacements of a registered slice against its template, affine part removed.
 
     Parameters
