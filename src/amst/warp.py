@@ -54,9 +54,7 @@ def warp_slice(image: np.ndarray, affine: np.ndarray, canvas_shape_yx: tuple[int
     else:
         out = cv2.warpAffine(src, m, (w, h), flags=_OPENCV_FLAGS[order] | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
-    if out.dtype == image.dtype:
-        return out  # OpenCV rounds and saturates uint8 and uint16 itself
-    return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
+    return _in_dtype(out, image.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,9 +130,14 @@ def warp_slice_with_field(image: np.ndarray, affine: np.ndarray, field: np.ndarr
                         borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
     else:
         out = keys_cubic_at(src.astype(np.float32, copy=False), sx, sy, fill)
-    if out.dtype == image.dtype:
-        return out
-    return saturate(out, image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)
+    return _in_dtype(out, image.dtype)
+
+
+def _in_dtype(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An interpolated slice in the input's dtype (integers rounded and saturated)."""
+    if out.dtype == dtype:
+        return out  # OpenCV rounds and saturates uint8 and uint16 itself
+    return saturate(out, dtype) if np.issubdtype(dtype, np.integer) else out.astype(dtype)
 
 
 def keys_cubic_at(image: np.ndarray, x: np.ndarray, y: np.ndarray, fill: float = 0) -> np.ndarray:
