@@ -101,7 +101,12 @@ class RegisterConfig:
         _in_range("register.min_ncc_gain", self.min_ncc_gain, -2.0, 2.0)
         _in_range("register.max_fallback_fraction", self.max_fallback_fraction, 0.0, 1.0)
         _in_range("register.significance", self.significance, 0.0, math.inf, low_open=True)
-        self.elastic.validate("register.elastic")
+        e = self.elastic
+        if e.grid_spacing_px != 0:  # 0: automatic
+            _in_range("register.elastic.grid_spacing_px", e.grid_spacing_px, 8.0, math.inf)
+        for key, low in (("radius", 0), ("min_shift_px", 0.0), ("min_nodes", 1), ("iterations", 1)):
+            _in_range(f"register.elastic.{key}", getattr(e, key), low, math.inf)
+        _in_range("register.elastic.significance", e.significance, 0.0, math.inf, low_open=True)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .field import FieldGrid
 from .local_residual import NodeShifts
 
 #: Median of a chi-square with 2 degrees of freedom: |s|^2 / sigma^2 of a 2-D Gaussian spike.
@@ -69,24 +70,15 @@ class ElasticParams:
     min_nodes: int = 4
     iterations: int = 2
 
-    def validate(self, prefix: str = "register.elastic") -> None:
-        """Refuse values that make no sense, naming the key."""
-        checks = {"grid_spacing_px": self.grid_spacing_px == 0 or self.grid_spacing_px >= 8,
-                  "radius": self.radius >= 0, "significance": self.significance > 0,
-                  "min_shift_px": self.min_shift_px >= 0, "min_nodes": self.min_nodes >= 1,
-                  "iterations": self.iterations >= 1}
-        allowed = {"grid_spacing_px": "0 (automatic) or >= 8", "radius": ">= 0 (0: the template's)",
-                   "significance": "> 0", "min_shift_px": ">= 0", "min_nodes": ">= 1", "iterations": ">= 1"}
-        for key, ok in checks.items():
-            value = getattr(self, key)
-            if not ok or (isinstance(value, float) and not math.isfinite(value)):
-                raise ValueError(f"{prefix}.{key}: {value} must be {allowed[key]}")
-
     def spacing(self, canvas_shape_yx: tuple[int, int]) -> float:
         """The node spacing for this canvas (px)."""
         if self.grid_spacing_px:
             return float(self.grid_spacing_px)
         return float(max(24, min(int(v) for v in canvas_shape_yx) // 16))
+
+    def grid(self, canvas_shape_yx: tuple[int, int]) -> FieldGrid:
+        """The node grid of this canvas's fields (where they are measured and stored)."""
+        return FieldGrid.covering(canvas_shape_yx, self.spacing(canvas_shape_yx))
 
 
 @dataclass

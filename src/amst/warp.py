@@ -118,9 +118,8 @@ def warp_slice_with_field(image: np.ndarray, affine: np.ndarray, field: np.ndarr
     m = as_affine(affine)
     h, w = canvas_shape_yx
     u = dense_field(field, grid, (h, w))
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
-    sx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2] + u[..., 0]
-    sy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2] + u[..., 1]
+    sx, sy = _affine_coords(m, (h, w))
+    sx, sy = sx + u[..., 0], sy + u[..., 1]
     if order == "nearest":
         return _take(image, np.rint(sx).astype(np.int64), np.rint(sy).astype(np.int64), fill)
     native = image.dtype in (np.uint8, np.uint16, np.float32)
@@ -218,12 +217,15 @@ def _warp_cubic(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: 
                 cval=float(fill), clip=False, preserve_range=True)
 
 
+def _affine_coords(m: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (x, y) sampled by every output pixel of ``shape`` through affine ``m`` (float64)."""
+    gy, gx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    return m[0, 0] * gx + m[0, 1] * gy + m[0, 2], m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+
+
 def _nearest_take(image: np.ndarray, m: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
-    h, w = shape
-    gy, gx = np.mgrid[0:h, 0:w]
-    sx = np.rint(m[0, 0] * gx + m[0, 1] * gy + m[0, 2]).astype(np.int64)
-    sy = np.rint(m[1, 0] * gx + m[1, 1] * gy + m[1, 2]).astype(np.int64)
-    return _take(image, sx, sy, fill)
+    sx, sy = _affine_coords(m, shape)
+    return _take(image, np.rint(sx).astype(np.int64), np.rint(sy).astype(np.int64), fill)
 
 
 def _take(image: np.ndarray, sx: np.ndarray, sy: np.ndarray, fill: float) -> np.ndarray:

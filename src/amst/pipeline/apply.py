@@ -23,7 +23,7 @@ def apply(transforms: str | Path, input: str | Path, out: str | Path, *, order: 
           out_format: str | None = None, workers: int | None = None, overwrite: bool = False,
           pattern: str | None = None, dataset: str | None = None, channel: int | None = None,
           voxel_size: VoxelSize | None = None, z_spacing: str = "off", progress: bool = True) -> Path:
-    """Re-apply the affines of ``transforms.json`` to another stack (channel, labels).
+    """Re-apply the maps of ``transforms.json`` (affines and displacement fields) to another stack (channel, labels).
 
     Parameters
     ----------

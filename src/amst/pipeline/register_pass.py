@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
-from ..field import FieldGrid
 from ..fallbacks import RunError
 from ..imageops import finite_float32, is_blank, nonfinite_count
 from ..local_residual import local_residual
@@ -131,7 +130,7 @@ def register_slice(job: RegisterJob, z: int, raw: np.ndarray, image: np.ndarray,
         mask = np.isfinite(template)
         registered = placed_float(image, at_level(result.affine, level), template.shape)
         result.local = local_residual(registered, np.where(mask, template, 0), mask, level=level,
-                                      grid=FieldGrid.covering(job.canvas, elastic.spacing(job.canvas)),
+                                      grid=elastic.grid(job.canvas),
                                       affine=result.affine, iterations=elastic.iterations)
         timing["elastic"] = timing.get("elastic", 0.0) + time.perf_counter() - t0
     return result

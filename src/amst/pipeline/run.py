@@ -23,7 +23,7 @@ from ..config import RunConfig, build_config, dump_yaml
 from ..elastic import ElasticDecision, elastic_fields
 from ..executors import make_executor, sigint_deferred
 from ..fallbacks import FallbackWatch
-from ..field import FieldGrid, field_rms_max
+from ..field import field_rms_max
 from ..outdir import STATE_DIR, Ownership, atomic_write_text, mark_complete, mark_incomplete, write_ownership
 from ..parallel import default_workers
 from ..register import Backend, backend_for
@@ -365,7 +365,7 @@ def _slice_maps(run: _Run, results: list[SliceResult], canvas: tuple[int, int]
                                   radius=params.radius or run.cfg.template.median_radius,
                                   significance=params.significance, min_shift_px=params.min_shift_px,
                                   min_nodes=params.min_nodes)
-    grid = FieldGrid.covering(canvas, params.spacing(canvas))
+    grid = params.grid(canvas)
     log.info("elastic: %d slice(s) with a local distortion field%s", len(decision.fields),
              (": " + ", ".join(map(str, sorted(decision.fields)[:20]))) if decision.fields else "")
     return SliceMaps(affines, decision.fields, grid), decision

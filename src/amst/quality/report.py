@@ -132,26 +132,6 @@ def _z_spacing_section(ev: Evaluation, out: Path) -> str:
 FIELD_TABLE_ROWS = 20
 
 
-def _field_figures(ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice RMS and largest magnitude (raw px) of the displacement fields; 0 without a field.
-
-    The run records them as ``metrics.field_rms_px`` / ``field_max_px``; a slice whose
-    metrics lack them is measured here.
-    """
-    from ..field import field_rms_max
-
-    tf = ev.transforms
-    rms, big = np.zeros(len(tf.slices)), np.zeros(len(tf.slices))
-    for z, sl in enumerate(tf.slices):
-        if sl.field is None:
-            continue
-        r, m = sl.metrics.get("field_rms_px"), sl.metrics.get("field_max_px")
-        if r is None or m is None:
-            r, m = field_rms_max(sl.field, tf.field_grid, tf.canvas_shape_yx)
-        rms[z], big[z] = float(r), float(m)
-    return rms, big
-
-
 def _elastic_section(ev: Evaluation, out: Path) -> str:
     """The elastic refinement: which slices got a local displacement field, how large, and a
     picture of the largest. Empty when the elastic stage was off; one line when it found nothing."""
@@ -162,7 +142,7 @@ def _elastic_section(ev: Evaluation, out: Path) -> str:
             return ""
         return (title + "<p class='note'>The elastic stage was on and found no slice with a significant local "
                 "distortion: every slice keeps its affine alone.</p>")
-    rms, big = _field_figures(ev)
+    rms, big = np.array(ev.per_slice["field_rms_px"]), np.array(ev.per_slice["field_max_px"])  # evaluate_run's
     with_field = [z for z, sl in enumerate(tf.slices) if sl.field is not None]
     n, k = len(tf.slices), len(with_field)
     pixel_nm = ev.summary.get("pixel_nm")
