@@ -49,8 +49,10 @@ class NodeShifts:
         return np.isfinite(self.sd)
 
     def to_json(self) -> dict:
-        return {"values": np.round(self.values, 6).tolist(),
-                "sd": [[None if not np.isfinite(v) else round(float(v), 6) for v in row] for row in self.sd]}
+        # Exact floats: a resumed run decides its fields from these and must decide as the
+        # uninterrupted run did (rounded values gave other fields, so every slice with one was rewritten).
+        return {"values": self.values.tolist(),
+                "sd": [[None if not np.isfinite(v) else float(v) for v in row] for row in self.sd]}
 
     @classmethod
     def from_json(cls, doc: dict) -> NodeShifts:
