@@ -16,6 +16,10 @@ Cases (each aligned twice, affine-only and with ``register.elastic.enabled``, sa
 - ``cost``: 12 x 2048 x 2048 phantom: core-seconds per slice of the elastic stage against
   the affine registration, and of the resampling with a field against without.
 
+On the event cases (first seed) the reference runs too: elastix B-spline with a
+bending-energy penalty (``benchmarks/elastix_bspline.py``, weights ``--bspline-weights``) on
+the affine-only output, for the event slices and 8 others, with its seconds per slice.
+
 Errors are exact (``ground_truth.json``): per slice the RMS and max over the canvas of the
 output -> raw (affine + field, :func:`amst.map_points`) -> volume (affine + bump,
 :func:`amst.synth.ground_truth_points`) map against one global affine. The last lines
@@ -76,6 +80,41 @@ def run_pair(data: Path, out: Path, overrides: dict, gt: dict | None) -> dict:
     return row
 
 
+def report_bspline(name: str, out: Path, row: dict, gt: dict, weights: list[float]) -> None:
+    """elastix B-spline on the affine-only output of ``out`` against amst's fields, same slices."""
+    from elastix_bspline import bspline_displacements, output_to_raw
+
+    from amst.stack import open_stack
+    from amst.synth import ground_truth_points
+    from amst.transforms_io import load_transforms
+
+    tf = load_transforms(out / "affine" / "transforms.json")
+    local = [z for z, s in enumerate(gt["slices"]) if s.get("local") is not None]
+    others = [int(z) for z in np.linspace(5, len(gt["slices"]) - 6, 8) if int(z) not in local]
+    raw_shape = tuple(gt["shape_zyx"][1:])
+    a, e = row["affine"], row["elastic"]
+    print(f"  {name} side by side (event slices {len(local)}, others {len(others)}): RMS / max median px")
+    print(f"    affine-only   events {np.median(a['rms'][local]):.3f} / {np.median(a['max'][local]):.3f}   "
+          f"others {np.median(a['rms'][others]):.3f}")
+    print(f"    amst elastic  events {np.median(e['rms'][local]):.3f} / {np.median(e['max'][local]):.3f}   "
+          f"others {np.median(e['rms'][others]):.3f}   ({e['timings'].get('elastic', 0):.3f} core-s/slice)")
+    stack = open_stack(out / "affine" / (tf.extra.get("output") or "aligned.zarr"))
+    for weight in weights:
+        disp, seconds = bspline_displacements(stack, tf.affines, local + others, spacing=_spacing(tf), bending_weight=weight)
+        err = slice_errors(tf.affines, gt["maps"], tf.canvas_shape_yx, raw_shape, step=8,
+                           output_to_raw=output_to_raw(tf.affines, disp),
+                           raw_to_volume=lambda z, r: ground_truth_points(gt, z, r))
+        print(f"    elastix B-spline bending {weight:g}: events {np.median(err['rms'][local]):.3f} / "
+              f"{np.median(err['max'][local]):.3f}   others {np.median(err['rms'][others]):.3f}   ({seconds:.2f} s/slice)")
+
+
+def _spacing(tf) -> float:
+    """amst's automatic node spacing for this canvas (the B-spline gets the same control-point spacing)."""
+    from amst.elastic import ElasticParams
+
+    return ElasticParams().spacing(tf.canvas_shape_yx)
+
+
 def report_events(name: str, rows: list[dict], gts: list[dict]) -> None:
     ev_a, ev_e, mx_a, mx_e, oth = [], [], [], [], []
     hits = misses = false = 0
@@ -104,6 +143,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["events-phantom", "events-volume", "affine-phantom", "none-volume",
                                                     "cost"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--bspline-weights", type=float, nargs="*", default=[1.0, 1e4, 1e6],
+                    help="bending-energy weights of the elastix B-spline reference (none: skip it)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override (YAML value), repeatable")
     args = ap.parse_args()
@@ -128,6 +169,8 @@ def main() -> None:
                 rows.append(run_pair(data, tmp / f"{case}_{seed}_out", overrides, gts[-1]))
             if case.startswith("events"):
                 report_events(case, rows, gts)
+                if args.bspline_weights:
+                    report_bspline(case, tmp / f"{case}_{seeds[0]}_out", rows[0], gts[0], args.bspline_weights)
             elif case == "affine-phantom":
                 d = np.concatenate([r["elastic"]["rms"] - r["affine"]["rms"] for r in rows])
                 f = np.concatenate([r["elastic"]["field_rms"] for r in rows])
