@@ -10,6 +10,7 @@ same ground-truth error applies as to amst's fields.
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import numpy as np
@@ -55,7 +56,9 @@ def bspline_displacements(aligned, affines: np.ndarray, slices: list[int], *, sp
         mask = itk.image_view_from_array(covered.astype(np.uint8))
         _, result = itk.elastix_registration_method(fixed, moving, parameter_object=params, fixed_mask=mask,
                                                     log_to_console=False)
-        field = np.asarray(itk.transformix_deformation_field(moving, result), np.float64)  # (H, W, 2): dx, dy
+        with tempfile.TemporaryDirectory(prefix="amst-transformix-") as tmp:  # transformix writes its field file there
+            field = np.asarray(itk.transformix_deformation_field(moving, result, output_directory=tmp),
+                               np.float64)  # (H, W, 2): dx, dy
         seconds += time.perf_counter() - t0
         out[z] = field @ np.asarray(affines[z])[:, :2].T  # output-px displacement -> raw px
         cache = {k: v for k, v in cache.items() if k >= z - radius}
