@@ -164,7 +164,8 @@ def _echo_roi(echo: Callable[[str], None], info: dict, marks_roi: list[float] | 
             on = x >= mx - 1 and y >= my - 1 and x + rw <= mx + mw + 1 and y + rh <= my + mh + 1
             where = " - inside the marks the demo painted" if on else " - NOT on the marks the demo painted"
         echo(f"template ROI found automatically: x={x} y={y} w={rw} h={rh} px on slice {info['auto_roi_slice']} "
-             f"(stability {info['auto_roi_stability']:.2f} >= {info['auto_roi_min_stability']:.2f}){where}")
+             f"(stability {info['auto_roi_stability']:.2f} >= {info['auto_roi_min_stability']:.2f}, score "
+             f"{info['auto_roi_score']:.2f} >= {info.get('auto_roi_min_score', 0.0):.2f}){where}")
     elif "fallback_reason" in info:
         echo(f"WARNING: the automatic ROI did not find the marks, so the pre-alignment used "
              f"{info.get('method')}: {info['fallback_reason']}")

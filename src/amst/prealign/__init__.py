@@ -25,7 +25,8 @@ from ..transforms_io import SliceTransform, Transforms
 from .features import SiftTranslation
 from .pairwise import measure_pairs
 from .solve import solve_positions
-from .template_matching import part_noises_px, propose_roi_scored, tm_noise_px, track_template
+from .auto_roi import propose_roi_scored
+from .template_matching import part_noises_px, tm_noise_px, track_template
 from .xcorr import PhaseCorrelation
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ DEFAULT_GAPS: tuple[int, ...] = (1, 2, 4, 8, 16)
 # 0.45-0.65 px against 0.08-0.39), so using features is right for them too.
 AUTO_ROI_MIN_STABILITY = 0.8
 
+# Lowest score (distinctiveness / (1 - stability), the position's signal-to-noise ratio that the
+# choice maximises: amst.prealign.auto_roi) that counts as alignment marks. Stability alone
+# passes content that barely changes over 10 slices (real isotropic FIB-SEM at 6 nm slices:
+# 0.85-0.90 without marks) and flat, stable regions that cannot localise anything (distinct-
+# iveness 0.01); the score keeps both out. Measured by benchmarks/auto_roi.py (the window the
+# choice takes, slices 10 away; phantom 512^2 seeds 0-2, 384^2 seeds 0-1, 1024^2 seed 5,
+# 256x320 seed 3, neuropil texture seeds 0-1, real content 202^2 seeds 0-3):
+#   with marks    score 1.97-15.3 (stability 0.941-0.988)
+#   without marks score 0.28-0.55 (stability 0.31-0.96)
+AUTO_ROI_MIN_SCORE = 1.0
+
 # Options that have a command-line flag of the same name (``--min-score``); the method's is ``--prealign``.
 _WITH_FLAG = frozenset({"roi", "roi_units", "roi_slice", "search_margin", "min_score", "gaps", "canvas",
                         "xcorr_prefilter", "max_features"})
@@ -68,8 +80,9 @@ class PrealignConfig:
 
     ``roi_units`` has no default: four ``roi`` numbers need it ("px" or "nm"); with
     ``roi: auto`` it is not used. With ``method: tm`` and ``roi: auto``, a proposed region
-    whose stability is below ``auto_roi_min_stability`` is not taken for alignment marks:
-    the pre-alignment uses ``features`` instead and says so (0 always trusts the region).
+    whose stability is below ``auto_roi_min_stability``, or whose score is below
+    ``auto_roi_min_score``, is not taken for alignment marks: the pre-alignment uses
+    ``features`` instead and says so (0 for both always trusts the region).
     """
 
     method: Method = "tm"
@@ -91,6 +104,7 @@ class PrealignConfig:
     min_inliers: int = 12
     canvas: Literal["union", "input"] = "union"
     auto_roi_min_stability: float = AUTO_ROI_MIN_STABILITY
+    auto_roi_min_score: float = AUTO_ROI_MIN_SCORE
 
     def validate(self) -> None:
         """Check every option that does not depend on the stack.
@@ -122,6 +136,9 @@ class PrealignConfig:
         if not _is_number(self.auto_roi_min_stability) or not 0.0 <= self.auto_roi_min_stability <= 1.0:
             raise ValueError(f"{_opt('auto_roi_min_stability')}: {self.auto_roi_min_stability!r} must be between 0 "
                              f"(always trust the auto ROI) and 1; the default is {AUTO_ROI_MIN_STABILITY}")
+        if not _is_number(self.auto_roi_min_score) or not 0.0 <= self.auto_roi_min_score < float("inf"):
+            raise ValueError(f"auto_roi_min_score: {self.auto_roi_min_score!r} must be a number >= 0 (0: always "
+                             f"trust the auto ROI); the default is {AUTO_ROI_MIN_SCORE}")
 
     def _validate_roi(self) -> None:
         if self.roi is None or (isinstance(self.roi, str) and self.roi == "auto"):
@@ -236,7 +253,8 @@ class PrealignResult:
     ``info`` goes into ``transforms.json`` as ``prealign_info``. With ``method: tm`` and an
     auto ROI it records the decision: ``method_requested``, ``method`` (the one used),
     ``auto_roi_xywh_px``, ``auto_roi_slice``, ``auto_roi_score``, ``auto_roi_stability``,
-    ``auto_roi_min_stability`` and, when another method was used, ``fallback_reason``.
+    ``auto_roi_min_stability``, ``auto_roi_min_score`` and, when another method was used,
+    ``fallback_reason``.
     """
 
     translations: np.ndarray
@@ -336,12 +354,13 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
     decision = {"method_requested": "tm", "auto_roi_xywh_px": [int(v) for v in proposal.xywh],
                 "auto_roi_slice": roi_slice, "auto_roi_score": round(proposal.score, 4),
                 "auto_roi_stability": round(proposal.stability, 4),
-                "auto_roi_min_stability": float(cfg.auto_roi_min_stability)}
-    if proposal.stability < cfg.auto_roi_min_stability:
+                "auto_roi_min_stability": float(cfg.auto_roi_min_stability),
+                "auto_roi_min_score": float(cfg.auto_roi_min_score)}
+    if proposal.stability < cfg.auto_roi_min_stability or proposal.score < cfg.auto_roi_min_score:
         return _content_fallback(stack, cfg, workers, progress, decision)
-    log.info("template ROI (auto, slice %d): x=%d y=%d w=%d h=%d px (score %.2f, stability %.2f >= %.2f); "
-             "pass --roi to choose another", roi_slice, *proposal.xywh, proposal.score, proposal.stability,
-             cfg.auto_roi_min_stability)
+    log.info("template ROI (auto, slice %d): x=%d y=%d w=%d h=%d px (score %.2f >= %.2f, stability %.2f >= %.2f); "
+             "pass --roi to choose another", roi_slice, *proposal.xywh, proposal.score, cfg.auto_roi_min_score,
+             proposal.stability, cfg.auto_roi_min_stability)
     result = _track(stack, cfg, proposal.xywh, roi_slice, workers, progress)
     result.info.update(decision)
     return result
@@ -351,10 +370,15 @@ def _content_fallback(stack: Stack, cfg: PrealignConfig, workers: int, progress,
                       decision: dict[str, Any]) -> PrealignResult:
     """Pre-align by ``features`` because the auto ROI is not on alignment marks."""
     x, y, w, h = decision["auto_roi_xywh_px"]
-    reason = (f"no convincing alignment marks: the best auto ROI (x={x} y={y} w={w} h={h} px, slice "
-              f"{decision['auto_roi_slice']}, score {decision['auto_roi_score']:.2f}) has stability "
-              f"{decision['auto_roi_stability']:.2f} < threshold {decision['auto_roi_min_stability']:.2f} "
-              "(auto_roi_min_stability): it changes with depth as cell content does")
+    where = (f"the best auto ROI (x={x} y={y} w={w} h={h} px, slice {decision['auto_roi_slice']}, score "
+             f"{decision['auto_roi_score']:.2f}, stability {decision['auto_roi_stability']:.2f})")
+    if decision["auto_roi_stability"] < decision["auto_roi_min_stability"]:
+        why = (f"its stability is below the threshold {decision['auto_roi_min_stability']:.2f} "
+               "(auto_roi_min_stability): it changes with depth as cell content does")
+    else:
+        why = (f"its score is below the threshold {decision['auto_roi_min_score']:.2f} (auto_roi_min_score): "
+               "what changes with depth in it moves its match as much as its own texture pins it")
+    reason = f"no convincing alignment marks: {where}; {why}"
     log.warning("%s. Pre-aligning by image content (features) instead of template matching. To insist on "
                 "marks, give them with --roi X Y W H --roi-units px", reason)
     result = _prealign_pairwise(stack, dataclasses.replace(cfg, method="features"), workers, progress)
