@@ -100,6 +100,7 @@ class Refinement:
     linear_deviation: np.ndarray | None = None
     reason: str = ""
     seconds: float = 0.0
+    probe: int = 0  # the plan's key when the slice was measured only for the noise (calm), else 0
 
     @property
     def refined(self) -> bool:

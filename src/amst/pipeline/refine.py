@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..combine import robust_sigma
 from ..config import RunConfig
 from ..register import Backend, RegistrationError, check_result, sampled_ncc
 from ..stack import Stack
@@ -51,6 +52,8 @@ class RefineJob:
     backend: Backend
     template_level: int
     reference_xy: tuple[float, float]
+    # Plans keyed below 0 measure a calm slice's refinement only for its noise: key -> slice.
+    probe_of: dict[int, int] = field(default_factory=dict)
 
 
 #: Auto-focus events last one to three slices: a refinement template is made only of slices
@@ -159,10 +162,11 @@ def refine_block(job: RefineJob, first: int, last: int) -> list[Refinement]:
     level = job.template_level
     c = np.asarray(job.reference_xy)
     out = []
-    for z in range(first, last):
+    for key in range(first, last):
         t0 = time.perf_counter()
-        plan = job.plans[z]
-        entry = Refinement(z)
+        plan = job.plans[key]
+        z = job.probe_of.get(key, key)
+        entry = Refinement(z, probe=key if key in job.probe_of else 0)
         measured = _measure_linear(job, z, plan.neighbours)
         if plan.motion_pair is not None and not isinstance(measured, str):
             p, q = plan.motion_pair
@@ -186,12 +190,12 @@ def refine_block(job: RefineJob, first: int, last: int) -> list[Refinement]:
             problem = check_result(refined, job.prealign_affines[z], job.canvas, ncc_before=ncc_start,
                                    ncc_after=ncc_refined, max_scale_change=r.max_scale_change, max_shear=r.max_shear,
                                    max_shift_px=r.max_shift_px, min_ncc_gain=r.min_ncc_gain, min_ncc=r.min_ncc)
+            pre_linear = compose(invert(job.prealign_affines[z]), refined)[:, :2]
+            entry.linear_deviation = (pre_linear - np.eye(2)).ravel()
             if problem:
                 entry.reason = f"refinement not kept: {problem}"
             else:
-                pre_linear = compose(invert(job.prealign_affines[z]), refined)[:, :2]
                 entry.affine = refined
-                entry.linear_deviation = (pre_linear - np.eye(2)).ravel()
         entry.seconds = time.perf_counter() - t0
         out.append(entry)
     return out
@@ -213,11 +217,19 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     0.213 to 0.142 px (real FIB-SEM content, 415 x 202^2, seed 0; benchmarks/real_content.py
     measures the whole method). A refinement that fails the registration checks
     (``check_result``: bounds on scale, shear, shift and NCC) is not kept. The refined
-    correction must itself be significant (the same noise, the same threshold): a correction
-    that only the median template sees is that template's content mismatch, and the slice
-    is then kept without a linear correction (two measurements against different templates
-    must agree; on a 30-slice phantom stack, seed 35, this kept slices 11-13 at their
-    pre-alignment's 0.08 px instead of 0.29 px).
+    correction must itself be significant (the same threshold): a correction that only the
+    median template sees is that template's content mismatch, and the slice is then kept
+    without a linear correction (two measurements against different templates must agree; on
+    a 30-slice phantom stack, seed 35, this kept slices 11-13 at their pre-alignment's 0.08 px
+    instead of 0.29 px). Its noise is the refinement's own, measured in the run: up to
+    :data:`_PROBES` calm slices are registered the same way to the mean of the slices as far
+    from them as a corrected slice's neighbours are (for each pair of distances a batch needs),
+    and the robust spread of their linear parts is the noise. Neighbours one slice away differ
+    less than the median template's members do, so that noise is 2-4x lower than the median
+    template's (real FIB-SEM content, 202 px field); farther ones differ more, and their noise
+    grows to the median template's. Against the median template's noise, corrections that the
+    neighbours measured at 10-30x their own noise were refused on real content (``benchmarks/real_content.py``,
+    volume seed 1: 8 of 20 auto-focus slices corrected, against 15 with the measured noise).
 
     Slices with an undistorted neighbour on each side are measured first, all at once. The
     others (at the stack ends, or inside a run of distorted slices longer than
@@ -244,9 +256,13 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
         return 0.0
     seconds = 0.0
     unsettled = needs.copy()
-    noise = np.asarray(combined["noise_linear"])
+    template_noise = np.asarray(combined["noise_linear"])
     reference_xy = tuple(combined["reference_xy"])
+    significance = cfg.register.significance
     pending = set(targets)
+    # The noise of a two-sided refinement grows with how far its neighbours are (their content
+    # differs more): measured on calm slices for each pair of distances that a batch needs.
+    noises: dict[tuple[int, int], NeighbourNoise] = {}
     with tqdm(total=len(targets), desc="refine", unit="slice", disable=not progress) as bar:
         while pending:
             corrected = np.array([bool(results[z].metrics.get("linear_applied")) for z in range(n)])
@@ -258,20 +274,37 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
                     break
                 nearest = min(abs(plans[z].neighbours[0] - z) for z in one_sided)
                 batch = [z for z in one_sided if abs(plans[z].neighbours[0] - z) == nearest]
+            new_keys = {_gaps(z, plans[z]) for z in batch if len(plans[z].neighbours) == 2} - set(noises)
+            probes = {key: _probe_slices(key, unsettled, usable) for key in sorted(new_keys)}
+            probe_of: dict[int, int] = {}
+            for key, zs in probes.items():
+                for z in zs:
+                    probe_of[-1 - len(probe_of)] = z
+                    plans[-len(probe_of)] = RefinePlan((z - key[0], z + key[1]))
             job = RefineJob(stack, np.array([results[z].affine for z in range(n)]), prealign_affines, plans,
-                            canvas, cfg, backend, level, reference_xy)
-            for entries in map_blocks(executor, refine_block, job, [(z, z + 1) for z in batch]):
-                for e in entries:
-                    z = e.index
-                    # Each registration in the measurement adds its noise, and so does the
-                    # correction of a corrected neighbour (its error is in the template).
-                    parts = 1 + (plans[z].motion_pair is not None) + sum(bool(corrected[j]) for j in plans[z].neighbours)
-                    _take_refinement(results[z], e, plans[z], noise * np.sqrt(parts), without_linear[z],
-                                     cfg.register.significance)
-                    unsettled[z] = False
-                    pending.discard(z)
-                    seconds += e.seconds
-                bar.update(len(entries))
+                            canvas, cfg, backend, level, reference_xy, probe_of)
+            spans = [(z, z + 1) for z in batch] + [(k, k + 1) for k in probe_of]
+            entries = [e for block in map_blocks(executor, refine_block, job, spans)
+                       for e in block]
+            seconds += sum(e.seconds for e in entries)
+            for key, zs in probes.items():
+                noises[key] = NeighbourNoise.measure([e for e in entries
+                                                      if e.probe and _gaps(e.index, plans[e.probe]) == key])
+            for e in (e for e in entries if not e.probe):
+                z = e.index
+                # Each registration in the measurement adds its noise, and so does the
+                # correction of a corrected neighbour (its error is in the template).
+                parts = 1 + (plans[z].motion_pair is not None) + sum(bool(corrected[j]) for j in plans[z].neighbours)
+                measured = noises.get(_gaps(z, plans[z])) if len(plans[z].neighbours) == 2 else None
+                if measured is not None and measured.usable:
+                    noise, centre = measured.sigma * np.sqrt(parts), measured.centre
+                else:
+                    noise, centre = template_noise * np.sqrt(parts), np.zeros(4)
+                _take_refinement(results[z], e, plans[z], noise, centre, without_linear[z], significance)
+                unsettled[z] = False
+                pending.discard(z)
+                bar.update(1)
+    combined["neighbour_noise"] = [{"gaps": list(key), **v.summary()} for key, v in sorted(noises.items())]
     for z in sorted(pending):  # keeps the median template's measurement
         results[z].metrics["refine_reason"] = (f"no undistorted slice within {_MAX_EVENT_SLICES} slices on either "
                                                   "side: the median template's correction is kept")
@@ -280,21 +313,74 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     combined["refined"] = refined
     combined["not_confirmed"] = unconfirmed
     combined["linear_applied"] -= unconfirmed
-    log.info("refine: %d of %d corrected slice(s) re-measured against their nearest undistorted neighbours; "
-             "%d not confirmed there (kept without a linear correction)", refined, len(targets), unconfirmed)
+    log.info("refine: %d of %d corrected slice(s) re-measured against their nearest undistorted neighbours (their "
+             "noise measured on %d calm slice(s)); %d not confirmed there (kept without a linear correction)",
+             refined, len(targets), sum(v.count for v in noises.values()), unconfirmed)
     return seconds
 
 
+#: Calm slices refined only to measure the noise of a refinement (at most this many, spread
+#: over the stack), and the fewest that make a measured noise.
+_PROBES = 24
+_MIN_PROBES = 12
+
+
+def _gaps(z: int, plan: RefinePlan) -> tuple[int, int]:
+    """The distances of a two-sided plan's neighbours from ``z``, smaller first."""
+    a, b = sorted(abs(j - z) for j in plan.neighbours)
+    return a, b
+
+
+def _probe_slices(gaps: tuple[int, int], unsettled: np.ndarray, usable: np.ndarray) -> list[int]:
+    """Up to :data:`_PROBES` calm slices ``z``, spread evenly over the stack, whose slices
+    ``z - gaps[0]`` and ``z + gaps[1]`` are usable and calm: registered to their mean, they
+    measure the noise of a refinement with neighbours that far."""
+    n = len(usable)
+    calm = usable & ~unsettled
+    a, b = gaps
+    inner = [z for z in range(a, n - b) if calm[z] and calm[z - a] and calm[z + b]]
+    if len(inner) <= _PROBES:
+        return inner
+    return [inner[int(i)] for i in np.linspace(0, len(inner) - 1, _PROBES).round()]
+
+
+@dataclass(frozen=True)
+class NeighbourNoise:
+    """The noise of a two-sided refinement (the linear deviation of a slice registered to the mean
+    of its nearest neighbours), measured on calm slices: per entry, the robust spread
+    (:func:`amst.combine.robust_sigma`) and the median (a bias of the measurement)."""
+
+    sigma: np.ndarray
+    centre: np.ndarray
+    count: int
+
+    @property
+    def usable(self) -> bool:
+        return self.count >= _MIN_PROBES
+
+    @classmethod
+    def measure(cls, entries: list[Refinement]) -> NeighbourNoise:
+        devs = np.array([e.linear_deviation for e in entries if e.linear_deviation is not None]).reshape(-1, 4)
+        if len(devs) < _MIN_PROBES:
+            return cls(np.full(4, np.nan), np.zeros(4), len(devs))
+        return cls(robust_sigma(devs, 1e-6), np.median(devs, axis=0), len(devs))
+
+    def summary(self) -> dict[str, Any]:
+        return {"slices": self.count, "sigma": [float(v) for v in self.sigma],
+                "centre": [float(v) for v in self.centre]}
+
+
 def _take_refinement(result: SliceResult, entry: Refinement, plan: RefinePlan, noise: np.ndarray,
-                     without_linear: np.ndarray, significance: float) -> None:
-    """Apply one refinement (``entry``, from :func:`refine_block`) to a slice's ``result``, in place."""
+                     centre: np.ndarray, without_linear: np.ndarray, significance: float) -> None:
+    """Apply one refinement (``entry``, from :func:`refine_block`) to a slice's ``result``, in place:
+    kept when it stands out of ``noise`` (about ``centre``) by more than ``significance``."""
     metrics = result.metrics
     metrics["refine_neighbours"] = list(plan.neighbours)
     if plan.motion_pair is not None:
         metrics["refine_motion_pair"] = list(plan.motion_pair)
     if entry.refined:
         # The refined measurement as it is applied (the median template's trend is not in it).
-        s = float(np.sqrt(np.sum((entry.linear_deviation / noise) ** 2)))
+        s = float(np.sqrt(np.sum(((entry.linear_deviation - centre) / noise) ** 2)))
         metrics["refined_significance"] = round(s, 3)
         if s > significance:
             result.affine = entry.affine
@@ -306,4 +392,3 @@ def _take_refinement(result: SliceResult, entry: Refinement, plan: RefinePlan, n
                                         f"{significance:g})")
     elif entry.reason:
         metrics["refine_reason"] = entry.reason
-
