@@ -38,11 +38,13 @@ Since the refinement measures a slice with one undistorted neighbour one-sided, 
 content's change with depth (``amst.pipeline.refine.refine_corrections``), ``"extend"`` is the
 default. ``python benchmarks/stack_ends.py --content phantom texture --seeds 0 1 2 --at-ends
 0 1 2 3 --ends extend --flags``, 80 x 512^2, events on the first and the last k slices, end
-error / median error of the other auto-focus events, mean over seeds 0-2, first / last:
-phantom k = 1: 1.27 / 3.21, k = 2: 1.95 / 4.27, k = 3: 11.6 / 16.1; texture 1.08 / 1.30,
-1.31 / 2.28, 7.20 / 5.56 (``"shrink"`` with the same refinement: 1.6-1.7 / 4.8-57 at k = 1,
-2.3-60 at k = 2, since its last slice's template is itself and an event there is never
-found). Event-free slices within 2r of an end: 0.037-0.051 px median (inner 0.036-0.038).
+error / median error of the other auto-focus events, mean over seeds 0-2, first / last
+(with the two-sided refinements confirmed against their own measured noise):
+phantom k = 1: 0.93 / 2.34, k = 2: 1.31 / 2.31, k = 3: 9.43 / 7.71; texture 0.86 / 1.07,
+1.20 / 2.35, 7.92 / 5.55 (``"shrink"`` with the one-sided refinement, measured before that:
+1.6-1.7 / 4.8-57 at k = 1, 2.3-60 at k = 2, since its last slice's template is itself and an
+event there is never found). Event-free slices near an end: 0.041-0.050 px median (inner
+0.041-0.044).
 What still fails: a three-slice event at an end that pass 1's mirror does not find (phantom
 seed 2: 1.6 px), and a run of events over the last four slices (seed 1: 0.3-0.8 px), whose
 one-sided measurements chain through corrected slices.
