@@ -11,8 +11,8 @@ away, as ``amst run`` does) and picks two of them:
 - ``product``: the highest ``distinctiveness * stability`` (amst before this change);
 - ``snr``: the highest ``distinctiveness / (1 - stability)`` (now).
 
-For each choice it prints the window, its stability (what decides marks or no marks; the
-threshold is 0.8) and, on stacks with marks, the template-matching error at the ROI's centre
+For each choice it prints the window, its stability and score (what decide marks or no
+marks: ``auto_roi_min_stability`` 0.8 and ``auto_roi_min_score`` 1.0) and, on stacks with marks, the template-matching error at the ROI's centre
 against the ground truth (median removed; slices without an auto-focus event): median and p95
 of |x| and |y|, and the largest. Ground truth is read only to score.
 """

@@ -5,7 +5,7 @@ import numpy as np
 
 from amst.pipeline import align
 from amst.pipeline.records import Refinement
-from amst.pipeline.refine import NeighbourNoise, _probe_slices
+from amst.pipeline.refine import NeighbourNoise, RefinePlan, _gaps, _probe_slices
 from amst.quality.ground_truth import slice_errors
 from amst.stack import VoxelSize
 from amst.synth import SynthConfig, load_ground_truth, synthesize
@@ -17,16 +17,23 @@ def test_probe_slices_are_calm_spread_and_have_calm_neighbours_at_the_distances(
     n = 200
     usable = np.ones(n, bool)
     usable[50] = False
-    unsettled = np.zeros(n, bool)
-    unsettled[[10, 11, 100]] = True
+    needs = np.zeros(n, bool)
+    needs[[10, 11, 100]] = True
     for gaps in ((1, 1), (1, 3), (2, 2)):
-        probes = _probe_slices(gaps, unsettled, usable)
+        probes = _probe_slices(gaps, needs, usable)
         assert 12 <= len(probes) <= 24 and probes == sorted(set(probes))
         for z in probes:
             for j in (z, z - gaps[0], z + gaps[1]):
-                assert 0 <= j < n and usable[j] and not unsettled[j]
+                assert 0 <= j < n and usable[j] and not needs[j]
         assert probes[0] < 20 and probes[-1] > n - 20  # spread over the stack
     assert _probe_slices((1, 1), np.zeros(5, bool), np.ones(5, bool)) == [1, 2, 3]
+
+
+def test_a_lopsided_plan_keeps_its_side():
+    """The content's change with depth enters a lopsided pair's mean with the lopsidedness's
+    sign: a plan two below and one above is not measured by probes one below and two above."""
+    assert _gaps(20, RefinePlan((18, 21))) == (2, 1)
+    assert _gaps(20, RefinePlan((19, 22))) == (1, 2)
 
 
 def test_neighbour_noise_is_robust_and_needs_enough_slices():

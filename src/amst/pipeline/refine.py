@@ -226,9 +226,10 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     from them as a corrected slice's neighbours are (for each pair of distances a batch needs),
     and the robust spread of their linear parts is the noise. Neighbours one slice away differ
     less than the median template's members do, so that noise is up to 3x lower than the
-    median template's (real FIB-SEM content, 202 px field, seed 1: 3.1-5.4e-4 per entry against
-    5.3-18e-4); farther ones differ more, and their noise grows to the median template's
-    (5.5-15.6e-4 at distances 1 and 3). Against the median template's noise, corrections that
+    median template's (real FIB-SEM content, 202 px field, volume seed 1 of
+    ``benchmarks/real_content.py``, as its run's ``transforms.json`` records them in
+    ``combine.neighbour_noise``: 3.1-5.4e-4 per entry against 5.3-18e-4); farther ones differ
+    more, and their noise grows to the median template's (5.5-15.6e-4 at distances 1 and 3). Against the median template's noise, corrections that
     the neighbours saw clearly were refused: ``benchmarks/real_content.py``, volume seed 1, 7 of
     20 auto-focus slices corrected (median error there 0.289 px), against 11 (0.210 px).
 
@@ -276,7 +277,7 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
                 nearest = min(abs(plans[z].neighbours[0] - z) for z in one_sided)
                 batch = [z for z in one_sided if abs(plans[z].neighbours[0] - z) == nearest]
             new_keys = {_gaps(z, plans[z]) for z in batch if len(plans[z].neighbours) == 2} - set(noises)
-            probes = {key: _probe_slices(key, unsettled, usable) for key in sorted(new_keys)}
+            probes = {key: _probe_slices(key, needs, usable) for key in sorted(new_keys)}
             probe_of: dict[int, int] = {}
             for key, zs in probes.items():
                 for z in zs:
@@ -327,17 +328,19 @@ _MIN_PROBES = 12
 
 
 def _gaps(z: int, plan: RefinePlan) -> tuple[int, int]:
-    """The distances of a two-sided plan's neighbours from ``z``, smaller first."""
-    a, b = sorted(abs(j - z) for j in plan.neighbours)
-    return a, b
+    """The distances of a two-sided plan's neighbours from ``z``: (below, above). Kept in that
+    order: the content's change with depth enters a lopsided pair's mean with the sign of the
+    lopsidedness, so probes are laid out the same way."""
+    below, above = sorted(plan.neighbours)
+    return z - below, above - z
 
 
-def _probe_slices(gaps: tuple[int, int], unsettled: np.ndarray, usable: np.ndarray) -> list[int]:
+def _probe_slices(gaps: tuple[int, int], needs: np.ndarray, usable: np.ndarray) -> list[int]:
     """Up to :data:`_PROBES` calm slices ``z``, spread evenly over the stack, whose slices
     ``z - gaps[0]`` and ``z + gaps[1]`` are usable and calm: registered to their mean, they
     measure the noise of a refinement with neighbours that far."""
     n = len(usable)
-    calm = usable & ~unsettled
+    calm = usable & ~needs  # slices corrected in an earlier batch are not calm
     a, b = gaps
     inner = [z for z in range(a, n - b) if calm[z] and calm[z - a] and calm[z + b]]
     if len(inner) <= _PROBES:
@@ -357,6 +360,7 @@ class NeighbourNoise:
 
     @property
     def usable(self) -> bool:
+        """Whether enough calm slices were measured (:data:`_MIN_PROBES`) to trust the noise."""
         return self.count >= _MIN_PROBES
 
     @classmethod

@@ -42,8 +42,9 @@ DEFAULT_GAPS: tuple[int, ...] = (1, 2, 4, 8, 16)
 # (seeds 0-1), `--shape 40 1024 1024 --seed 5` and `--shape 24 256 320 --seed 3`:
 #   with marks    stability 0.941-0.970 (score 0.098-0.154)
 #   without marks stability 0.308-0.670 (score 0.040-0.096)
-# The score (distinctiveness x stability, what the choice maximises) overlaps between the
-# two (0.098 with marks, 0.096 without), so the decision uses the stability. Short stacks
+# (Those figures are of the window the old rule chose, distinctiveness x stability, whose
+# product overlapped between the two: 0.098 with marks, 0.096 without.) The window is now
+# chosen by distinctiveness / (1 - stability), and both that score and the stability decide. Short stacks
 # compare closer slices: 8-12 slices gave 0.90-0.94 with marks, 0.64-0.67 without; at 5
 # slices content still reaches 0.84 (marks 0.88), where the test cannot tell them apart.
 # Narrow slices (<= 192 px) with marks can stay below 0.8 (0.54-0.79: the window is not on
@@ -55,7 +56,8 @@ AUTO_ROI_MIN_STABILITY = 0.8
 # choice maximises: amst.prealign.auto_roi) that counts as alignment marks. Stability alone
 # passes content that barely changes over 10 slices (real isotropic FIB-SEM at 6 nm slices:
 # 0.85-0.90 without marks) and flat, stable regions that cannot localise anything (distinct-
-# iveness 0.01); the score keeps both out. Measured by benchmarks/auto_roi.py (the window the
+# iveness 0.01); the score keeps both out. It needs comparison slices: without them every
+# window has stability 1 and the score follows the distinctiveness alone. Measured by benchmarks/auto_roi.py (the window the
 # choice takes, slices 10 away; phantom 512^2 seeds 0-2, 384^2 seeds 0-1, 1024^2 seed 5,
 # 256x320 seed 3, neuropil texture seeds 0-1, real content 202^2 seeds 0-3):
 #   with marks    score 1.97-15.3 (stability 0.941-0.988)
@@ -357,6 +359,7 @@ def _prealign_tm(stack: Stack, cfg: PrealignConfig, workers: int, progress) -> P
                 "auto_roi_min_stability": float(cfg.auto_roi_min_stability),
                 "auto_roi_min_score": float(cfg.auto_roi_min_score)}
     if proposal.stability < cfg.auto_roi_min_stability or proposal.score < cfg.auto_roi_min_score:
+        decision["failed_gate"] = "stability" if proposal.stability < cfg.auto_roi_min_stability else "score"
         return _content_fallback(stack, cfg, workers, progress, decision)
     log.info("template ROI (auto, slice %d): x=%d y=%d w=%d h=%d px (score %.2f >= %.2f, stability %.2f >= %.2f); "
              "pass --roi to choose another", roi_slice, *proposal.xywh, proposal.score, cfg.auto_roi_min_score,
@@ -372,7 +375,7 @@ def _content_fallback(stack: Stack, cfg: PrealignConfig, workers: int, progress,
     x, y, w, h = decision["auto_roi_xywh_px"]
     where = (f"the best auto ROI (x={x} y={y} w={w} h={h} px, slice {decision['auto_roi_slice']}, score "
              f"{decision['auto_roi_score']:.2f}, stability {decision['auto_roi_stability']:.2f})")
-    if decision["auto_roi_stability"] < decision["auto_roi_min_stability"]:
+    if decision.pop("failed_gate") == "stability":
         why = (f"its stability is below the threshold {decision['auto_roi_min_stability']:.2f} "
                "(auto_roi_min_stability): it changes with depth as cell content does")
     else:
