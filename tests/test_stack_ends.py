@@ -112,40 +112,8 @@ def test_benchmark_counts_only_interior_events_as_the_other_auto_focus_slices():
     assert got["first"] == pytest.approx(0.5) and got["last"] == pytest.approx(0.6)
 
 
-def test_one_sided_measurement_takes_out_the_contents_change_with_depth():
-    from amst.pipeline.refine import extrapolated_linear
-
-    growth = np.array([[0.002, 0.0005], [-0.001, 0.001]])  # the content's change per slice
-    distortion = np.array([[1.006, 0.0], [0.0, 0.997]])
-    for z, a, p, q in ((0, 1, 1, 2), (79, 78, 77, 76), (5, 7, 8, 10), (0, 1, 3, 4)):
-        seen_za = distortion + (a - z) * growth          # slice z registered to slice a
-        seen_pq = np.eye(2) + (q - p) * growth           # undistorted p registered to q
-        np.testing.assert_allclose(extrapolated_linear(seen_za, seen_pq, z, a, p, q), distortion, atol=1e-12)
-
-
-def test_refine_plan_is_two_sided_inside_and_one_sided_with_a_motion_pair_at_the_ends():
-    from amst.pipeline.refine import RefinePlan, refine_plan
-
-    n = 20
-    usable = np.ones(n, bool)
-    needs = np.zeros(n, bool)
-    needs[[0, 9, 10, 19]] = True
-    assert refine_plan(9, needs, usable) == RefinePlan((8, 11))
-    assert refine_plan(0, needs, usable) == RefinePlan((1,), (1, 2))
-    assert refine_plan(19, needs, usable) == RefinePlan((18,), (18, 17))
-    corrected = np.zeros(n, bool)
-    corrected[1] = True  # slice 1 settled with a correction: the motion pair starts beyond it
-    assert refine_plan(0, needs, usable, corrected) == RefinePlan((1,), (2, 3))
-    needs[1] = True   # the nearest is two away: the motion pair spans two slices too
-    assert refine_plan(0, needs, usable) == RefinePlan((2,), (2, 4))
-    usable[3:] = False  # nothing beyond the neighbour: measured against it alone
-    assert refine_plan(0, needs, usable) == RefinePlan((2,))
-    needs[:4] = True
-    assert refine_plan(0, needs, np.ones(n, bool)) == RefinePlan(())  # none within three slices
-
-
 def test_events_on_the_first_and_last_slices_are_corrected(tmp_path):
-    """With the default template.ends ("extend") and the one-sided refinement, events on the first
+    """With the default template.ends ("extend") and the joint refinement, events on the first
     two and the last slice are corrected, next to a random event (slices 23-25) near the end
     whose neighbour the median template flags falsely, and no event-free slice is made worse."""
     import amst
@@ -167,9 +135,10 @@ def test_events_on_the_first_and_last_slices_are_corrected(tmp_path):
     print("end slices TM", e_pre[ends].round(3), "AMST", e_amst[ends].round(3), "other events",
           e_amst[af & ~np.isin(np.arange(n), ends)].round(3))
     assert all(tf.slices[z].metrics["linear_applied"] for z in ends)
-    # one-sided, from the inside out: slice 0 against the refined slice 1, less the content's
-    # change measured between the next two uncorrected slices
-    assert tf.slices[0].metrics["refine_neighbours"] == [1] and tf.slices[0].metrics["refine_motion_pair"] == [2, 3]
-    assert tf.slices[n - 1].metrics["refine_neighbours"] == [n - 2]
+    # one-sided: the first slices solved with two anchors above them, which give the content's
+    # change with depth
+    first = tf.slices[0].metrics
+    assert first["refine_run"][0] == 0 and len([a for a in first["refine_anchors"] if a > max(first["refine_run"])]) == 2
+    assert tf.slices[n - 1].metrics["refine_run"][-1] == n - 1
     assert e_amst[ends].max() < 0.25 < 0.5 < e_pre[ends].min()
     assert np.sum(e_amst[~af] - e_pre[~af] > 0.1) == 0

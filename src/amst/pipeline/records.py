@@ -90,18 +90,13 @@ class ResampledSlice:
 
 
 @dataclass
-class Refinement:
-    """One slice's linear correction measured again against its nearest undistorted neighbours
-    (:mod:`amst.pipeline.refine`): the refined affine (None when it was not kept, ``reason``
-    says why), the linear deviation from the pre-alignment, and the seconds it took."""
+class PairRegistration:
+    """Slice ``source`` registered to slice ``target``, both placed without a linear correction
+    (:mod:`amst.pipeline.refine`): the linear part of the correction less the identity (four
+    entries; None when the registration failed, ``reason`` says why), and the seconds it took."""
 
-    index: int
-    affine: np.ndarray | None = None
-    linear_deviation: np.ndarray | None = None
+    source: int
+    target: int
+    deviation: np.ndarray | None = None
     reason: str = ""
     seconds: float = 0.0
-    probe: int = 0  # the plan's key when the slice was measured only for the noise (calm), else 0
-
-    @property
-    def refined(self) -> bool:
-        return self.affine is not None

@@ -136,6 +136,25 @@ def distortion_px(correction: np.ndarray, canvas_shape_yx: tuple[int, int]) -> f
     return float(np.linalg.norm(half @ linear.T, axis=1).max())
 
 
+def geometry_problem(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], *,
+                     max_scale_change: float, max_shear: float, max_shift_px: float) -> str:
+    """Empty string if the correction from ``initial`` to ``result`` (output -> raw affines) is
+    within the bounds on scale, shear and shift (measured at the canvas corners and centre),
+    else which bound it breaks."""
+    correction = compose(invert(initial), result)
+    d = decompose(correction)
+    if abs(d["scale_x"] - 1) > max_scale_change or abs(d["scale_y"] - 1) > max_scale_change:
+        return f"scale change {d['scale_x']:.4f}/{d['scale_y']:.4f} exceeds {max_scale_change}"
+    if abs(d["shear"]) > max_shear:
+        return f"shear {d['shear']:.4f} exceeds {max_shear}"
+    h, w = canvas_shape_yx
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
+    shift = np.linalg.norm(apply_to_points(correction, corners) - corners, axis=1).max()
+    if shift > max_shift_px:
+        return f"moves pixels by {shift:.1f} px (> {max_shift_px})"
+    return ""
+
+
 def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple[int, int], *,
                  ncc_before: float, ncc_after: float, max_scale_change: float, max_shear: float,
                  max_shift_px: float, min_ncc_gain: float, min_ncc: float = 0.0) -> str:
@@ -149,17 +168,10 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     max_scale_change, max_shear, max_shift_px, min_ncc_gain, min_ncc : the thresholds
         (the config's ``register`` options of the same names)
     """
-    correction = compose(invert(initial), result)
-    d = decompose(correction)
-    if abs(d["scale_x"] - 1) > max_scale_change or abs(d["scale_y"] - 1) > max_scale_change:
-        return f"scale change {d['scale_x']:.4f}/{d['scale_y']:.4f} exceeds {max_scale_change}"
-    if abs(d["shear"]) > max_shear:
-        return f"shear {d['shear']:.4f} exceeds {max_shear}"
-    h, w = canvas_shape_yx
-    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
-    shift = np.linalg.norm(apply_to_points(correction, corners) - corners, axis=1).max()
-    if shift > max_shift_px:
-        return f"moves pixels by {shift:.1f} px (> {max_shift_px})"
+    problem = geometry_problem(result, initial, canvas_shape_yx, max_scale_change=max_scale_change,
+                               max_shear=max_shear, max_shift_px=max_shift_px)
+    if problem:
+        return problem
     if not np.isfinite(ncc_after):
         return "no overlap with the template"
     if ncc_after < min_ncc:
@@ -169,5 +181,5 @@ def check_result(result: np.ndarray, initial: np.ndarray, canvas_shape_yx: tuple
     return ""
 
 
-__all__ = ["Backend", "BackendName", "backend_for", "register", "template_level", "check_result", "distortion_px",
+__all__ = ["Backend", "BackendName", "backend_for", "register", "template_level", "check_result", "geometry_problem", "distortion_px",
            "sampled_ncc", "RegistrationError", "RegistrationResult", "BACKENDS"]
