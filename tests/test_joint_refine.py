@@ -59,11 +59,11 @@ def test_noise_alone_is_not_applied_and_an_outlier_pair_is_left_out():
     rng = np.random.default_rng(3)
     kept = 0
     for trial in range(200):
-        sol = solve_run(_pairs({}, list(range(0, 7)), np.zeros(4), rng, 4e-4), [1, 2, 3, 4, 5], NOISE, significance=6)
+        sol = solve_run(_pairs({}, list(range(7)), np.zeros(4), rng, 4e-4), [1, 2, 3, 4, 5], NOISE, significance=6)
         kept += len(sol.deviation)
     assert kept <= 2  # 1000 undistorted unknowns
     truth = {3: np.array([4e-3, 0, 0, 4e-3])}
-    pairs = _pairs(truth, list(range(0, 7)), np.zeros(4))
+    pairs = _pairs(truth, list(range(7)), np.zeros(4))
     pairs[4] = PairDeviation(pairs[4].source, pairs[4].target, pairs[4].deviation + 0.02)  # a failed registration
     sol = solve_run(pairs, [2, 3, 4], NOISE, significance=6)
     assert (pairs[4].source, pairs[4].target) in sol.outliers
@@ -85,13 +85,18 @@ def test_event_runs_group_seeds_with_their_neighbours_and_anchor_them():
     assert got[(38, 39)] == (36, 37)                        # the last slice: two anchors below
     assert not unsolved
     assert all(t - s <= 2 for r in runs for s, t in r.pairs)
-    # a long flagged stretch: only the slices the median template corrected are unknowns
+    # a long flagged stretch: only the slices the median template corrected and their neighbours
+    # are unknowns, the other flagged ones anchors
     seeds[10:20] = True
     needs = np.zeros(n, bool)
     needs[[12, 14]] = True
     runs, unsolved = event_runs(seeds, usable, needs)
     long_run = next(r for r in runs if 12 in r.unknowns)
-    assert long_run.unknowns == (12, 14) and long_run.anchors == (11, 13, 15)
+    assert long_run.unknowns == (11, 12, 13, 14, 15) and long_run.anchors == (10, 16)
+    needs[[12, 14]] = False
+    needs[[11, 13, 15, 17]] = True  # with their neighbours too long: those slices alone
+    runs, unsolved = event_runs(seeds, usable, needs)
+    assert next(r for r in runs if 11 in r.unknowns) == EventRun((11, 13, 15, 17), (10, 12, 14, 16, 18))
     seeds[:] = True
     runs, unsolved = event_runs(seeds, np.ones(n, bool), seeds)
     assert not runs and unsolved and "too long" in unsolved[0][1]
@@ -106,7 +111,7 @@ def test_pair_noise_is_calibrated_on_calm_windows():
     calm[[40, 41]] = False
     windows = calm_windows(calm)
     assert len(windows) == 16 and all(calm[list(w.unknowns + w.anchors)].all() for w in windows)
-    growth = lambda z: np.array([1, -1, 0.5, 2]) * 2e-3 * np.sin(z / 30)  # noqa: E731
+    growth = lambda z: np.array([1, -1, 0.5, 2]) * 2e-3 * np.sin(z / 30)
     measured = {}
     for w in windows:
         for s, t in w.pairs:

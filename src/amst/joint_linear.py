@@ -129,7 +129,7 @@ def solve_run(pairs: Sequence[PairDeviation], unknowns: Sequence[int], noise_by_
     ([0.005, 0.0, 0.0, -0.003], [0.0001, 0.0001, 0.0001, 0.0001])
     """
     pairs = [p for p in pairs if abs(p.target - p.source) in noise_by_gap and np.all(np.isfinite(p.deviation))]
-    unknowns = sorted(set(int(z) for z in unknowns))
+    unknowns = sorted({int(z) for z in unknowns})
     sig: dict[int, float] = {}
     outliers: list[tuple[int, int]] = []
     while True:
@@ -163,7 +163,7 @@ def standard_scores(pairs: Sequence[PairDeviation], unknowns: Sequence[int], noi
     """(k, 4): each unknown's fitted distortion in units of its standard deviation, all of them
     fitted at once (no pair or unknown left out); None when the pairs do not determine them.
     On undistorted slices these measure how well ``noise_by_gap`` describes the pairs' noise."""
-    unknowns = sorted(set(int(z) for z in unknowns))
+    unknowns = sorted({int(z) for z in unknowns})
     fit = _fit([p for p in pairs if np.all(np.isfinite(p.deviation))], unknowns, noise_by_gap)
     if fit is None:
         return None

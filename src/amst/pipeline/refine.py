@@ -34,6 +34,10 @@ SEED_FRACTION = 2.0 / 3.0
 #: Longer runs of flagged slices are not solved (the median template's decision is kept):
 #: auto-focus events last one to three slices, and the joint solve needs undistorted slices near.
 MAX_RUN = 7
+#: Anchors taken on the one side of a run that has none on the other (a stack end): they measure
+#: the content's change with depth, which the run's slices are extrapolated through, so more
+#: of them than the two that determine it.
+ONE_SIDED_ANCHORS = 4
 #: Calm windows registered to measure a pair's noise, and the fewest that make one.
 PROBES = 16
 MIN_PROBES = 8
@@ -67,7 +71,7 @@ def _grouped(zs: np.ndarray) -> list[list[int]]:
 
 def _anchored(group: list[int], anchor_ok: np.ndarray) -> EventRun | None:
     """``group`` as unknowns with its anchors: the unflagged slices inside it, and the nearest
-    beyond each end (each within :data:`MAX_PAIR_GAP` of the last node; two on the one side
+    beyond each end (each within :data:`MAX_PAIR_GAP` of the last node; :data:`ONE_SIDED_ANCHORS` on the one side
     when the other has none). None without two anchors beyond its ends."""
     n = len(anchor_ok)
 
@@ -82,13 +86,17 @@ def _anchored(group: list[int], anchor_ok: np.ndarray) -> EventRun | None:
 
     below, above = side(group[0], -1, 1), side(group[-1], 1, 1)
     if not below:
-        above = side(group[-1], 1, 2)
+        above = side(group[-1], 1, ONE_SIDED_ANCHORS)
     if not above:
-        below = side(group[0], -1, 2)
+        below = side(group[0], -1, ONE_SIDED_ANCHORS)
     if len(below) + len(above) < 2:
         return None
     interior = [z for z in range(group[0], group[-1]) if anchor_ok[z]]
     return EventRun(tuple(group), tuple(sorted(below + interior + above)))
+
+
+def _with_neighbours(flags: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    return usable & (flags | np.r_[flags[1:], False] | np.r_[False, flags[:-1]])
 
 
 def event_runs(seeds: np.ndarray, usable: np.ndarray, needs: np.ndarray
@@ -96,10 +104,10 @@ def event_runs(seeds: np.ndarray, usable: np.ndarray, needs: np.ndarray
     """The runs to solve: each seed and its usable neighbours as unknowns, grouped while at
     most :data:`MAX_PAIR_GAP` apart, with the nearest usable unflagged slices as anchors.
 
-    A group longer than :data:`MAX_RUN` is not an auto-focus event but content that the median
-    template follows badly: there only the slices it corrected (``needs``) are unknowns, the
-    others its anchors. Returns the runs and, for corrected slices that cannot be solved, their
-    groups with the reason.
+    A group longer than :data:`MAX_RUN` is more than an auto-focus event: content that the
+    median template follows badly. There only the slices it corrected (``needs``) and their
+    neighbours are unknowns, and where that is still too long, those slices alone. Returns the
+    runs and, for corrected slices that cannot be solved, their groups with the reason.
 
     Examples
     --------
@@ -108,24 +116,32 @@ def event_runs(seeds: np.ndarray, usable: np.ndarray, needs: np.ndarray
     >>> [(r.unknowns, r.anchors) for r in runs], unsolved
     ([((0, 1), (2, 3)), ((8, 9, 10), (7, 11))], [])
     """
-    unknown = usable & (seeds | np.r_[seeds[1:], False] | np.r_[False, seeds[:-1]])
+    n = len(usable)
     runs, unsolved = [], []
-    for group in _grouped(np.flatnonzero(unknown)):
-        parts = [group]
-        anchor_ok = usable & ~unknown
-        if len(group) > MAX_RUN:
-            inside = np.zeros(len(usable), bool)
-            inside[group] = True
-            parts = _grouped(np.flatnonzero(inside & needs))
-            anchor_ok = usable & ~(inside & needs)
-        for part in parts:
-            run = _anchored(part, anchor_ok) if len(part) <= MAX_RUN else None
-            if run is None:
-                why = (f"one of {len(part)} neighbouring slices that the median template corrected: too long a run "
-                       "to solve" if len(part) > MAX_RUN else "no undistorted slice near enough on either side")
-                unsolved.append((tuple(part), why))
-            else:
+
+    def place(zs: list[int], cascade: list[np.ndarray]) -> None:
+        inside = np.zeros(n, bool)
+        inside[zs] = True
+        for flags in cascade:
+            unknown = inside & flags
+            groups = _grouped(np.flatnonzero(unknown))
+            if all(len(g) <= MAX_RUN for g in groups):
+                break
+        for group in groups:
+            run = _anchored(group, usable & ~unknown) if len(group) <= MAX_RUN else None
+            if run is not None:
                 runs.append(run)
+            elif needs[group].any():
+                unsolved.append((tuple(group), f"one of {len(group)} neighbouring slices that the median template "
+                                               "corrected: too long a run to solve" if len(group) > MAX_RUN else
+                                 "no undistorted slice near enough on either side"))
+
+    cascade = [_with_neighbours(needs, usable), usable & needs]
+    for group in _grouped(np.flatnonzero(_with_neighbours(seeds, usable))):
+        if len(group) <= MAX_RUN:
+            place(group, [np.ones(n, bool)])
+        else:
+            place(group, cascade)
     return runs, unsolved
 
 
@@ -201,8 +217,9 @@ def pair_noise(measured: dict[tuple[int, int], PairRegistration], windows: list[
             usable.append([PairDeviation(e.source, e.target, e.deviation) for e in entries])
     if len(usable) < MIN_PROBES:
         floor = np.asarray(template_noise, np.float64)
-        return ({g: floor for g in range(1, MAX_PAIR_GAP + 1)},
-                {"windows": len(usable), "source": "median template (too few calm windows)", "sigma": floor.tolist()})
+        noise = {g: floor for g in range(1, MAX_PAIR_GAP + 1)}
+        return noise, {"windows": len(usable), "source": "median template (too few calm windows)",
+                       **{f"sigma_gap{g}": v.tolist() for g, v in noise.items()}}
     by_gap = {g: robust_sigma(np.array([p.deviation for ps in usable for p in ps if p.target - p.source == g]), 1e-6)
               for g in range(1, MAX_PAIR_GAP + 1)}
     scores = [standard_scores(ps, sorted({p.source for p in ps} | {p.target for p in ps})[1:-1], by_gap)
