@@ -35,9 +35,10 @@ SEED_FRACTION = 2.0 / 3.0
 #: auto-focus events last one to three slices, and the joint solve needs undistorted slices near.
 MAX_RUN = 7
 #: Anchors taken on the one side of a run that has none on the other (a stack end): they measure
-#: the content's change with depth, which the run's slices are extrapolated through, so more
-#: of them than the two that determine it.
-ONE_SIDED_ANCHORS = 4
+#: the content's change with depth, which the run's slices are extrapolated through. Two: four
+#: (farther ones, whose content changes differently) put single end events 2-2.5x further off
+#: (benchmarks/stack_ends.py, k = 1).
+ONE_SIDED_ANCHORS = 2
 #: Calm windows registered to measure a pair's noise, and the fewest that make one.
 PROBES = 16
 MIN_PROBES = 8
