@@ -34,20 +34,19 @@ r/2 slices away. Three rules are offered (``ends``):
   out, whose pass-1 mirror shows 0.6-0.9 px: two slices 5.0x / 16x on phantom / texture
   seed 0, against 2.7x / 7.5x).
 
-Since the refinement measures a slice with one undistorted neighbour one-sided, less the
-content's change with depth (``amst.pipeline.refine.refine_corrections``), ``"extend"`` is the
-default. ``python benchmarks/stack_ends.py --content phantom texture --seeds 0 1 2 --at-ends
-0 1 2 3 --ends extend --flags``, 80 x 512^2, events on the first and the last k slices, end
-error / median error of the other auto-focus events, mean over seeds 0-2, first / last
-(with the two-sided refinements confirmed against their own measured noise):
-phantom k = 1: 0.93 / 2.34, k = 2: 1.31 / 2.31, k = 3: 9.43 / 7.71; texture 0.86 / 1.07,
-1.20 / 2.35, 7.92 / 5.55 (``"shrink"`` with the one-sided refinement, measured before that:
-1.6-1.7 / 4.8-57 at k = 1, 2.3-60 at k = 2, since its last slice's template is itself and an
-event there is never found). Event-free slices near an end: 0.041-0.050 px median (inner
-0.041-0.044).
-What still fails: a three-slice event at an end that pass 1's mirror does not find (phantom
-seed 2: 1.6 px), and a run of events over the last four slices (seed 1: 0.3-0.8 px), whose
-one-sided measurements chain through corrected slices.
+The joint refinement (``amst.pipeline.refine.refine_corrections``) solves the slices at an end
+with two undistorted anchors on their inner side, which give the content's change with depth,
+so ``"extend"`` is the default. ``python benchmarks/stack_ends.py --content phantom texture
+--seeds 0 1 2 --at-ends 0 1 2 3 --ends extend --flags``, 80 x 512^2, events on the first and
+the last k slices, end error / median error of the other auto-focus events, mean over seeds
+0-2, first / last: phantom k = 1: 1.38 / 1.24, k = 2: 2.29 / 3.36, k = 3: 6.73 / 5.00; texture
+1.79 / 1.13, 3.09 / 4.14, 7.67 / 5.21. The other events are now corrected to 0.03-0.07 px, so
+the ratios are of small errors: the end slices themselves come to 0.04-0.14 px at k = 1 and
+0.08-0.44 px at k = 3. Event-free slices near an end: 0.041-0.045 px median (inner
+0.041-0.044). Four anchors on the one side (content farther away, changing differently) put
+single end events further off (phantom k = 1: 2.05 / 1.41).
+What still fails: two or three distorted slices at an end, extrapolated from the anchors
+through the content's change with depth, which is not linear over that many slices.
 
 Stacks shorter than r + 1 slices fall back to truncation.
 """
