@@ -34,6 +34,10 @@ SEED_FRACTION = 2.0 / 3.0
 #: Longer runs of flagged slices are not solved (the median template's decision is kept):
 #: auto-focus events last one to three slices, and the joint solve needs undistorted slices near.
 MAX_RUN = 7
+#: Where even that is too long, the slices the median template corrected are solved alone, up to
+#: this many in a row (a large event contaminates its neighbours' templates: 9 slices of a
+#: 1024^2 stack, benchmarks/accuracy.py).
+MAX_CORRECTED_RUN = 12
 #: Anchors taken on the one side of a run that has none on the other (a stack end): they measure
 #: the content's change with depth, which the run's slices are extrapolated through. Two: four
 #: (farther ones, whose content changes differently) put single end events further off
@@ -123,18 +127,21 @@ def event_runs(seeds: np.ndarray, usable: np.ndarray, needs: np.ndarray
     def place(zs: list[int], cascade: list[np.ndarray]) -> None:
         inside = np.zeros(n, bool)
         inside[zs] = True
-        for flags in cascade:
+        limit = MAX_RUN
+        for level, flags in enumerate(cascade):
             unknown = inside & flags
             groups = _grouped(np.flatnonzero(unknown))
-            if all(len(g) <= MAX_RUN for g in groups):
+            # the corrected slices alone: as many as a stretch has, between anchors
+            limit = MAX_CORRECTED_RUN if level == len(cascade) - 1 and len(cascade) > 1 else MAX_RUN
+            if all(len(g) <= limit for g in groups):
                 break
         for group in groups:
-            run = _anchored(group, usable & ~unknown) if len(group) <= MAX_RUN else None
+            run = _anchored(group, usable & ~unknown) if len(group) <= limit else None
             if run is not None:
                 runs.append(run)
             elif needs[group].any():
                 unsolved.append((tuple(group), f"one of {len(group)} neighbouring slices that the median template "
-                                               "corrected: too long a run to solve" if len(group) > MAX_RUN else
+                                               "corrected: too long a run to solve" if len(group) > limit else
                                  "no undistorted slice near enough on either side"))
 
     cascade = [_with_neighbours(needs, usable), usable & needs]
