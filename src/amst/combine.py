@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .transform import compose, invert
+from .transform import about_point, compose, invert
 
 __all__ = ["Combined", "combine_measurements", "prealign_noise_from_parts", "robust_sigma", "DEFAULT_SIGNIFICANCE"]
 
@@ -276,9 +276,6 @@ def combine_measurements(prealign: np.ndarray, registered: np.ndarray, usable: n
     for z in np.flatnonzero(usable):
         w = own_weight[z]
         for target, m in ((out, linear[z] if applied[z] else np.eye(2)), (plain, np.eye(2))):
-            d = np.zeros((2, 3))
-            d[:, :2] = m
-            d[:, 2] = c - m @ c + w * offset[z]
-            target[z] = compose(prealign[z], d)
+            target[z] = compose(prealign[z], about_point(m, c, w * offset[z]))
     return Combined(out, plain, lin_sig, applied, t_sig, weight, noise_linear, noise_t, float(prealign_noise_px),
                     (float(c[0]), float(c[1])))

@@ -106,6 +106,22 @@ def at_level(m: np.ndarray, level: int) -> np.ndarray:
     return out
 
 
+def about_point(linear: np.ndarray, point_xy: np.ndarray, shift_xy: np.ndarray | float = 0.0) -> np.ndarray:
+    """The affine ``p -> linear (p - c) + c + shift``: the linear part acting about the point
+    ``c`` (which it moves by ``shift`` only).
+
+    Examples
+    --------
+    >>> about_point(np.diag([2.0, 1.0]), np.array([10.0, 0.0])).tolist()
+    [[2.0, 0.0, -10.0], [0.0, 1.0, 0.0]]
+    """
+    c = np.asarray(point_xy, np.float64)
+    out = np.zeros((2, 3))
+    out[:, :2] = linear
+    out[:, 2] = c - np.asarray(linear) @ c + shift_xy
+    return out
+
+
 def decompose(m: np.ndarray) -> dict[str, float]:
     """Describe the linear part of an affine as scales, shear, rotation and translation.
 

@@ -15,7 +15,7 @@ from ..config import RunConfig
 from ..joint_linear import PairDeviation, RunSolution, solve_run, standard_scores
 from ..register import Backend, RegistrationError, geometry_problem
 from ..stack import Stack
-from ..transform import at_level, compose, invert
+from ..transform import about_point, at_level, compose, invert
 from ..warp import placed_float
 from .blocks import map_blocks
 from .records import PairRegistration, SliceResult
@@ -31,21 +31,23 @@ MAX_PAIR_GAP = 2
 #: last one to three slices and fade, and their later slices often stay below the template's
 #: noise, which is up to 3x that of a neighbour (see :func:`refine_corrections`).
 SEED_FRACTION = 2.0 / 3.0
-#: Longer runs of flagged slices are not solved (the median template's decision is kept):
-#: auto-focus events last one to three slices, and the joint solve needs undistorted slices near.
+#: A run of more flagged slices is more than an auto-focus event (one to three slices): there only
+#: the slices the median template corrected and their neighbours are unknowns (see :func:`event_runs`).
 MAX_RUN = 7
 #: Where even that is too long, the slices the median template corrected are solved alone, up to
 #: this many in a row (a large event contaminates its neighbours' templates: 9 slices of a
-#: 1024^2 stack, benchmarks/accuracy.py).
+#: 1024^2 stack, benchmarks/accuracy.py); longer stretches keep the median template's decision.
 MAX_CORRECTED_RUN = 12
 #: Anchors taken on the one side of a run that has none on the other (a stack end): they measure
 #: the content's change with depth, which the run's slices are extrapolated through. Two: four
 #: (farther ones, whose content changes differently) put single end events further off
 #: (benchmarks/stack_ends.py, phantom k = 1, first / last: 2.05 / 1.41x against 1.38 / 1.24x).
 ONE_SIDED_ANCHORS = 2
+#: Pairs registered per task: consecutive pairs (sorted) share slices, read once per task.
+PAIRS_PER_BLOCK = 8
 #: Calm windows registered to measure a pair's noise, and the fewest that make one.
-PROBES = 16
-MIN_PROBES = 8
+WINDOWS = 16
+MIN_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,14 @@ def _anchored(group: list[int], anchor_ok: np.ndarray) -> EventRun | None:
     n = len(anchor_ok)
 
     def side(start: int, step: int, want: int) -> list[int]:
+        """Up to ``want`` anchors from ``start`` outwards, each within reach of the last node."""
         found: list[int] = []
-        z = start
-        while len(found) < want and 0 <= z + step < n and abs(z + step - (found[-1] if found else start)) <= MAX_PAIR_GAP:
+        last = z = start
+        while len(found) < want and 0 <= z + step < n and abs(z + step - last) <= MAX_PAIR_GAP:
             z += step
             if anchor_ok[z]:
                 found.append(z)
+                last = z
         return found
 
     below, above = side(group[0], -1, 1), side(group[-1], 1, 1)
@@ -123,42 +127,32 @@ def event_runs(seeds: np.ndarray, usable: np.ndarray, needs: np.ndarray
     """
     n = len(usable)
     runs, unsolved = [], []
-
-    def place(zs: list[int], cascade: list[np.ndarray]) -> None:
+    long_levels = [(_with_neighbours(needs, usable), MAX_RUN), (usable & needs, MAX_CORRECTED_RUN)]
+    for group in _grouped(np.flatnonzero(_with_neighbours(seeds, usable))):
         inside = np.zeros(n, bool)
-        inside[zs] = True
-        limit = MAX_RUN
-        for level, flags in enumerate(cascade):
+        inside[group] = True
+        for flags, limit in [(inside, MAX_RUN)] if len(group) <= MAX_RUN else long_levels:
             unknown = inside & flags
-            groups = _grouped(np.flatnonzero(unknown))
-            # the corrected slices alone: as many as a stretch has, between anchors
-            limit = MAX_CORRECTED_RUN if level == len(cascade) - 1 and len(cascade) > 1 else MAX_RUN
-            if all(len(g) <= limit for g in groups):
+            parts = _grouped(np.flatnonzero(unknown))
+            if all(len(part) <= limit for part in parts):
                 break
-        for group in groups:
-            run = _anchored(group, usable & ~unknown) if len(group) <= limit else None
+        for part in parts:
+            run = _anchored(part, usable & ~unknown) if len(part) <= limit else None
             if run is not None:
                 runs.append(run)
-            elif needs[group].any():
-                unsolved.append((tuple(group), f"one of {len(group)} neighbouring slices that the median template "
-                                               "corrected: too long a run to solve" if len(group) > limit else
+            elif needs[part].any():
+                unsolved.append((tuple(part), f"one of {len(part)} neighbouring slices that the median template "
+                                              "corrected: too long a run to solve" if len(part) > limit else
                                  "no undistorted slice near enough on either side"))
-
-    cascade = [_with_neighbours(needs, usable), usable & needs]
-    for group in _grouped(np.flatnonzero(_with_neighbours(seeds, usable))):
-        if len(group) <= MAX_RUN:
-            place(group, [np.ones(n, bool)])
-        else:
-            place(group, cascade)
     return runs, unsolved
 
 
 def calm_windows(calm: np.ndarray) -> list[EventRun]:
-    """Up to :data:`PROBES` runs of five calm slices, spread evenly over the stack, shaped like
+    """Up to :data:`WINDOWS` runs of five calm slices, spread evenly over the stack, shaped like
     the runs the refinement solves (three unknowns between two anchors)."""
     inner = [z for z in range(len(calm) - 4) if calm[z:z + 5].all()]
-    if len(inner) > PROBES:
-        inner = [inner[int(i)] for i in np.linspace(0, len(inner) - 1, PROBES).round()]
+    if len(inner) > WINDOWS:
+        inner = [inner[int(i)] for i in np.linspace(0, len(inner) - 1, WINDOWS).round()]
     return [EventRun((p + 1, p + 2, p + 3), (p, p + 4)) for p in inner]
 
 
@@ -174,30 +168,32 @@ class PairJob:
     template_level: int
 
 
-def _placed(job: PairJob, z: int, shape: tuple[int, int]) -> np.ndarray:
-    level = job.template_level
-    return placed_float(registration_image(job.stack.read(z), level, job.backend), at_level(job.affines[z], level),
-                        shape)
-
-
 def register_pairs_block(job: PairJob, first: int, last: int) -> list[PairRegistration]:
     """Register ``job.pairs[first:last]``: each source slice, from its placement, to its target
-    slice placed by its own."""
-    shape = job.backend.level_shape(job.canvas, job.template_level)
+    slice placed by its own. Each slice is read and reduced once per block (neighbouring pairs
+    share slices)."""
+    level = job.template_level
+    shape = job.backend.level_shape(job.canvas, level)
+    images: dict[int, np.ndarray] = {}
+
+    def image(z: int) -> np.ndarray:
+        if z not in images:
+            images[z] = registration_image(job.stack.read(z), level, job.backend)
+        return images[z]
+
     out = []
     for s, t in job.pairs[first:last]:
         t0 = time.perf_counter()
         entry = PairRegistration(s, t)
-        template = _placed(job, t, shape)
+        template = placed_float(image(t), at_level(job.affines[t], level), shape)
         mask = np.isfinite(template)
         if mask.mean() < 0.05:
             entry.reason = f"slice {t} covers < 5 % of the canvas"
         else:
             filled = np.where(mask, template, np.float32(template[mask].mean()))
-            image = registration_image(job.stack.read(s), job.template_level, job.backend)
             start = job.affines[s]
             try:
-                fit = job.backend.register(image, filled, mask, start, level=job.template_level).affine
+                fit = job.backend.register(image(s), filled, mask, start, level=level).affine
                 entry.deviation = (compose(invert(start), fit)[:, :2] - np.eye(2)).ravel()
             except RegistrationError as exc:
                 entry.reason = f"registration failed: {exc}"
@@ -215,7 +211,7 @@ def pair_noise(measured: dict[tuple[int, int], PairRegistration], windows: list[
     variation of the content's change with depth along the whole stack, which every run fits
     for itself; so each window is then solved as a run (its middle three slices unknown,
     :func:`amst.joint_linear.standard_scores`), and the noise is scaled per entry so that those
-    undistorted slices' scores have unit robust spread. With fewer than :data:`MIN_PROBES`
+    undistorted slices' scores have unit robust spread. With fewer than :data:`MIN_WINDOWS`
     windows the median template's noise (larger) is taken.
     """
     usable = []
@@ -223,7 +219,7 @@ def pair_noise(measured: dict[tuple[int, int], PairRegistration], windows: list[
         entries = [measured[p] for p in w.pairs]
         if all(e.deviation is not None for e in entries):
             usable.append([PairDeviation(e.source, e.target, e.deviation) for e in entries])
-    if len(usable) < MIN_PROBES:
+    if len(usable) < MIN_WINDOWS:
         floor = np.asarray(template_noise, np.float64)
         noise = {g: floor for g in range(1, MAX_PAIR_GAP + 1)}
         return noise, {"windows": len(usable), "source": "median template (too few calm windows)",
@@ -258,8 +254,8 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     (:func:`amst.joint_linear.solve_run`): a slice next to a distorted one is measured with
     that one's distortion taken out, not inherited through the template, and at a stack end
     two anchors on the one side give the content's change. A pair's noise is measured in the
-    run: up to :data:`PROBES` pairs of calm slices at each distance are registered the same
-    way, and their robust spread is it (``transforms.json`` ``combine.pair_noise``). A slice
+    run, on up to :data:`WINDOWS` windows of calm slices registered the same way
+    (:func:`pair_noise`; ``transforms.json`` ``combine.pair_noise``). A slice
     keeps a linear correction exactly when the joint solve finds it significant
     (``register.significance``) and it is within the registration's bounds (scale, shear,
     shift); the translation at the reference point stays the combined one.
@@ -277,8 +273,9 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
         for z in group:
             if needs[z]:
                 results[z].metrics["refine_reason"] = f"{reason}: the median template's correction is kept"
+    counts = {"refined": 0, "not_confirmed": 0, "added": 0, "failed_pairs": 0}
     if not runs:
-        combined.update(refined=0, not_confirmed=0, added=0)
+        combined.update(counts)
         return 0.0
     flagged = np.zeros(n, bool)
     for run in runs:
@@ -290,7 +287,8 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     measured: dict[tuple[int, int], PairRegistration] = {}
     seconds = 0.0
     with tqdm(total=len(wanted), desc="refine", unit="pair", disable=not progress) as bar:
-        for block in map_blocks(executor, register_pairs_block, job, [(i, i + 1) for i in range(len(wanted))]):
+        spans = [(i, min(i + PAIRS_PER_BLOCK, len(wanted))) for i in range(0, len(wanted), PAIRS_PER_BLOCK)]
+        for block in map_blocks(executor, register_pairs_block, job, spans):
             for entry in block:
                 measured[(entry.source, entry.target)] = entry
                 seconds += entry.seconds
@@ -298,7 +296,6 @@ def refine_corrections(executor: Any, results: list[SliceResult], *, prealign_af
     noise, record = pair_noise(measured, windows, np.asarray(combined["noise_linear"]))
     c = np.asarray(combined["reference_xy"], np.float64)
     r = cfg.register
-    counts = {"refined": 0, "not_confirmed": 0, "added": 0, "failed_pairs": 0}
     for run in runs:
         entries = [measured[p] for p in run.pairs]
         counts["failed_pairs"] += sum(e.deviation is None for e in entries)
@@ -336,11 +333,8 @@ def _take_solution(result: SliceResult, z: int, run: EventRun, solution: RunSolu
             metrics["refine_reason"] = (f"not confirmed between neighbouring slices (significance "
                                         f"{solution.significance.get(z, 0.0):.1f} <= {r.significance:g})")
         return
-    lin = np.eye(2) + solution.deviation[z].reshape(2, 2)
-    kept = np.zeros((2, 3))
-    kept[:, :2] = lin
-    kept[:, 2] = c - lin @ c  # the translation at c stays the combined one
-    refined = compose(without_linear, kept)
+    # the translation at c stays the combined one
+    refined = compose(without_linear, about_point(np.eye(2) + solution.deviation[z].reshape(2, 2), c))
     problem = geometry_problem(refined, prealign, canvas, max_scale_change=r.max_scale_change,
                                max_shear=r.max_shear, max_shift_px=r.max_shift_px)
     if problem:
