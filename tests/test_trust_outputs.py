@@ -121,6 +121,33 @@ def test_run_overwrite_refuses_a_folder_of_user_files(dataset, tmp_path):
     assert (out / "thesis.docx").read_text() == "years of work"
 
 
+def test_report_files_are_written_whole_and_a_torn_one_is_amsts(dataset, run_dir, tmp_path, monkeypatch):
+    """The report is written after the run is complete: a crash while writing a figure or the
+    page leaves the old file and amst's own ``.NAME.partial``, which an overwrite removes."""
+    from amst.quality import report
+
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out, symlinks=True)
+    report.build_report(out)
+    before = (out / "report" / "index.html").read_text()
+
+    def crash(path, text):
+        Path(path).with_name(f".{Path(path).name}.partial").write_text(text[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "atomic_write_text", crash)
+    with pytest.raises(KeyboardInterrupt):
+        report.build_report(out)
+    assert (out / "report" / "index.html").read_text() == before
+    assert (out / "report" / ".evaluation.json.partial").exists()
+    monkeypatch.undo()
+    res = _cli("run", dataset / "raw", out, "--overwrite", "--backend", "fast", "--quiet", "--median-radius", "3",
+               "--workers", "1")
+    assert res.exit_code == 0, res.output
+    assert not list((out / "report").glob(".*.partial"))
+    assert "<html" in (out / "report" / "index.html").read_text()
+
+
 def test_run_overwrite_keeps_user_files_in_a_previous_run_folder(dataset, run_dir, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(run_dir, out, symlinks=True)

@@ -223,7 +223,9 @@ def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
         return [p for p in sorted(root.iterdir()) if p.name not in skip
                 and (p.is_symlink() or not p.is_file() or p.name not in names)]
     if entry.kind == "report":
-        return [p for p in sorted(root.iterdir()) if p.is_symlink() or not p.is_file() or p.name not in REPORT_FILES]
+        partials = {f".{n}.partial" for n in REPORT_FILES}
+        return [p for p in sorted(root.iterdir())
+                if p.is_symlink() or not p.is_file() or p.name not in REPORT_FILES | partials]
     if entry.kind == "state":
         unknown = []
         for p in sorted(root.iterdir()):

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from ..outdir import atomic_write_text
 from ..stack import open_stack
 from ..transform import compose, decompose, invert
 from ..transforms_io import STATUSES, Transforms, jsonable, load_transforms
@@ -246,7 +247,7 @@ def write_json(evals: list[Evaluation], path: str | Path) -> None:
     """Every per-slice figure of every run, for other tools."""
     doc = {"format": "amst-evaluation", "version": 1,
            "runs": [{"summary": e.summary, "per_slice": e.per_slice} for e in evals]}
-    Path(path).write_text(json.dumps(jsonable(doc), indent=1))
+    atomic_write_text(path, json.dumps(jsonable(doc), indent=1))
 
 
 def comparison_table(evals: list[Evaluation]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ..outdir import atomic_write_bytes  # noqa: E402
 
 FLAG_COLOURS = {"fallback": "tab:orange", "blank": "tab:gray", "failed": "tab:red"}
 
@@ -51,8 +54,7 @@ def plot_residual(residual_px: np.ndarray, jitter_residual_px: np.ndarray, ncc: 
     for ax in (a, j, b):
         _mark_flags(ax, statuses)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_transforms(params: dict[str, np.ndarray], statuses: list[str], path: Path) -> None:
@@ -75,8 +77,7 @@ def plot_transforms(params: dict[str, np.ndarray], statuses: list[str], path: Pa
     for ax in axes:
         _mark_flags(ax, statuses)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_ground_truth(per_slice: dict, statuses: list[str], path: Path) -> None:
@@ -90,8 +91,7 @@ def plot_ground_truth(per_slice: dict, statuses: list[str], path: Path) -> None:
     ax.legend(fontsize=8)
     _mark_flags(ax, statuses)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_reslice(image: np.ndarray, path: Path, z_scale: float = 1.0, title: str = "") -> None:
@@ -106,8 +106,7 @@ def save_reslice(image: np.ndarray, path: Path, z_scale: float = 1.0, title: str
     ax.set_xlabel("x (px)" if "xz" in path.name else "y (px)")
     ax.set_ylabel("slice")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_overlay(a: np.ndarray, b: np.ndarray, path: Path, z_scale: float, title: str) -> None:
@@ -122,8 +121,7 @@ def save_overlay(a: np.ndarray, b: np.ndarray, path: Path, z_scale: float, title
     ax.imshow(rgb, aspect=z_scale, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_z_spacing(thickness_nm: np.ndarray, sd_nm: np.ndarray, nominal_nm: float, falloff: dict, path: Path,
@@ -148,8 +146,7 @@ def plot_z_spacing(thickness_nm: np.ndarray, sd_nm: np.ndarray, nominal_nm: floa
     iso.set_title("Isotropy check")
     iso.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_field_metrics(rms_px: np.ndarray, max_px: np.ndarray, statuses: list[str], path: Path,
@@ -186,8 +183,7 @@ def plot_field_metrics(rms_px: np.ndarray, max_px: np.ndarray, statuses: list[st
         ax.secondary_yaxis("right", functions=(lambda v: v * pixel_nm, lambda v: v / pixel_nm)).set_ylabel("nm")
     _mark_flags(ax, statuses)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_field_map(values: np.ndarray, grid, canvas_shape_yx: tuple[int, int], path: Path, title: str = "",
@@ -243,5 +239,13 @@ def plot_field_map(values: np.ndarray, grid, canvas_shape_yx: tuple[int, int], p
     ax.set_ylabel("y (px)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` whole or not at all (the report is written after the
+    run is complete; a crash must not leave a torn image), and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue(), sync=False)

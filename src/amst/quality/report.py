@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..outdir import atomic_write_text
 from ..transforms_io import jsonable
 from .evaluate import Evaluation, evaluate_run, transform_parameters
 from .flags import record_flags
@@ -260,6 +261,6 @@ a well-aligned stack shows only small, flat values. Measured by phase correlatio
 {elastic_section}{z_section}{_nonfinite_section(ev)}<h2>Time per slice (core-s: seconds times the cores the run held)</h2><table>{timing_rows}</table>
 <h2>Parameters</h2><pre>{html.escape(cfg_text)}</pre>
 </body></html>"""
-    (out / "index.html").write_text(body)
-    (out / "evaluation.json").write_text(json.dumps(jsonable({"summary": s, "per_slice": ev.per_slice}), indent=1))
+    atomic_write_text(out / "evaluation.json", json.dumps(jsonable({"summary": s, "per_slice": ev.per_slice}), indent=1))
+    atomic_write_text(out / "index.html", body)
     return out / "index.html"
