@@ -164,9 +164,19 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> N
     _atomic_write(Path(path), "wb", data, sync)
 
 
+def _partial_name(name: str) -> str:
+    """The temporary file :func:`_atomic_write` writes beside ``name`` before the rename."""
+    return f".{name}.partial"
+
+
+def _with_partials(names) -> set[str]:
+    """``names`` and the temporary files an interrupted atomic write of each leaves."""
+    return set(names) | {_partial_name(n) for n in names}
+
+
 def _atomic_write(path: Path, mode: str, content: str | bytes, sync: bool = True) -> None:
     """The one atomic write: temporary file beside ``path``, fsync, rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(_partial_name(path.name))
     with open(tmp, mode) as f:
         f.write(content)
         if sync:
@@ -219,13 +229,12 @@ def _unknown_in_entry(folder: Path, entry: OwnedEntry) -> list[Path]:
     if entry.kind == "zarr":
         return _unknown_in_zarr(root, skip, set(entry.names))
     if entry.kind == "tiff":
-        names = set(entry.names) | {f".{n}.partial" for n in entry.names}
+        names = _with_partials(entry.names)
         return [p for p in sorted(root.iterdir()) if p.name not in skip
                 and (p.is_symlink() or not p.is_file() or p.name not in names)]
     if entry.kind == "report":
-        partials = {f".{n}.partial" for n in REPORT_FILES}
-        return [p for p in sorted(root.iterdir())
-                if p.is_symlink() or not p.is_file() or p.name not in REPORT_FILES | partials]
+        names = _with_partials(REPORT_FILES)
+        return [p for p in sorted(root.iterdir()) if p.is_symlink() or not p.is_file() or p.name not in names]
     if entry.kind == "state":
         unknown = []
         for p in sorted(root.iterdir()):

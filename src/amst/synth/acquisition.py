@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..transform import about_point
 from .local import LocalDistortion, draw_local_distortions
 
 
@@ -126,9 +127,7 @@ def simulate_acquisition(n_slices: int, shape_yx: tuple[int, int], params: Acqui
     offsets = rng.normal(0, p.flicker_offset, n_slices)
     out = []
     for z in range(n_slices):
-        m = np.zeros((2, 3))
-        m[:, :2] = linear[z]
-        m[:, 2] = centre - linear[z] @ centre + shift[z]
+        m = about_point(linear[z], centre, shift[z])
         events = ((["autofocus"] if af_at[z] else []) + (["local"] if local[z] is not None else [])
                   + (["jump"] if jump_at[z] else []))
         out.append(SliceAcquisition(m, float(gains[z]), float(offsets[z]), events, local[z]))
